@@ -1,0 +1,1 @@
+"""Measures a trained saliency model on real benchmarks: loaders, metrics, inference, reports."""

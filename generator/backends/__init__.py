@@ -1,0 +1,1 @@
+"""Generator backends: each module builds one kind of generator behind `generator.Generator`."""

@@ -1,0 +1,1 @@
+"""Trains the segmentation U-Net on (image, mask) pairs streamed from WebDataset shards."""
