@@ -28,6 +28,8 @@ PYTHON_PREFIX = "python:"
 
 BUILTIN_GENERATORS: dict[str, str] = {
     "testing": "generator.backends.testing:build_testing_generator",
+    "house": "generator.backends.house:build_house_generator",
+    "tfhub-bigbigan": "generator.backends.tfhub:build_tfhub_bigbigan",
 }
 
 
@@ -108,7 +110,9 @@ def _as_generator(made: Any, name: str) -> Generator:
         return made
     if isinstance(made, torch.nn.Module):
         from generator.backends.torch_module import TorchModuleGenerator
-        return TorchModuleGenerator(made, name=name.removeprefix(PYTHON_PREFIX))
+        encoder = getattr(made, "encoder", None)
+        return TorchModuleGenerator(made, name=name.removeprefix(PYTHON_PREFIX),
+                                    encoder=encoder if isinstance(encoder, torch.nn.Module) else None)
     raise GeneratorSpecError(
         f"generator {name!r}: the factory returned {type(made).__name__}, expected a "
         f"generator.Generator or a torch.nn.Module with a `latent_dim` attribute")

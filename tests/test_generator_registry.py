@@ -26,6 +26,12 @@ def test_user_module_factory_is_wrapped():
     assert generator.generate(torch.zeros(2, 4)).shape == (2, 3, 8, 8)
 
 
+def test_user_module_encoder_attribute_enables_encode():
+    generator = build_generator(f"{USER}:with_encoder")
+    assert generator.has_encoder
+    assert generator.encode(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
+
+
 def test_user_factory_returning_a_generator_is_used_as_is():
     generator = build_generator({"name": f"{USER}:ready_generator", "options": {"resolution": 16}})
     assert isinstance(generator, Generator) and generator.resolution == 16

@@ -1,0 +1,221 @@
+"""`evaluate-saliency`: the `evaluate` stage, measuring the trained U-Net on real benchmarks.
+
+Reads the `evaluate` section of params.yaml (command-line options override it), finds each
+benchmark under the benchmarks root, runs the model and the centre-prior baseline through the
+inference protocol, and writes metrics, curves, a report and PNG grids (evaluation/report.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from evaluation.conventions import CONVENTIONS, get_convention
+from evaluation.datasets import BenchmarkNotFound, Layout, generic_layout, get_layout, load_benchmark
+from evaluation.download import DownloadError, download_benchmark
+from evaluation.evaluate import BenchmarkResult, evaluate_benchmark
+from evaluation.predictors import CentrePrior, UNetPredictor
+from evaluation.report import write_outputs
+from generator.image_io import UnreadableImageError
+from generator.params import load_params
+
+DEFAULTS: dict[str, Any] = {
+    "model": "data/model",
+    "benchmarks_root": "data/benchmarks",
+    "benchmarks": ["ECSSD", "DUTS-TE", "DUT-OMRON", "PASCAL-S", "HKU-IS", "CUB-200-2011", "Flowers"],
+    "required": [],
+    "conventions": ["paper"],
+    "localisation": True,
+    "batch_size": 16,
+    "examples": 8,
+    "limit": None,
+    "download": False,
+    "output": "data/eval",
+    "device": "cpu",
+    "threads": 1,
+}
+DEFAULT_INPUT_SIZE = 128
+TABLE_METRICS = ("max_f", "iou", "accuracy", "mae", "s_measure", "max_e", "max_box_acc", "pxap")
+
+
+def _settings(params_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    settings = dict(DEFAULTS)
+    if Path(params_path).is_file():
+        try:
+            section = load_params(params_path).get("evaluate") or {}
+        except ValueError as error:
+            raise click.ClickException(str(error)) from error
+        if not isinstance(section, dict):
+            raise click.ClickException(f"{params_path}: the `evaluate` section must be a mapping")
+        unknown = set(section) - set(DEFAULTS)
+        if unknown:
+            raise click.ClickException(f"{params_path}: unknown evaluate settings {', '.join(sorted(unknown))}")
+        settings.update(section)
+    elif params_path != "params.yaml":
+        raise click.ClickException(f"parameters file {params_path} not found")
+    settings.update({key: value for key, value in overrides.items() if value is not None and value != ()})
+    return settings
+
+
+def _benchmark_specs(settings: dict[str, Any]) -> list[tuple[Layout, Path, bool]]:
+    """(layout, folder, required) for each configured benchmark."""
+    root = Path(settings["benchmarks_root"])
+    required = set(settings["required"] or [])
+    specs = []
+    for entry in settings["benchmarks"] or []:
+        if isinstance(entry, str):
+            layout, folder = get_layout(entry), None
+        elif isinstance(entry, dict) and "name" in entry:
+            if entry.get("images") or entry.get("masks"):
+                layout = generic_layout(entry["name"], entry.get("images", "images"), entry.get("masks", "masks"),
+                                        bool(entry.get("recursive", False)))
+            else:
+                layout = get_layout(entry["name"])
+            folder = entry.get("folder")
+            if entry.get("required"):
+                required.add(layout.name)
+        else:
+            raise click.ClickException(f"a benchmark entry must be a name or a mapping with `name`, got {entry!r}")
+        specs.append((layout, Path(folder) if folder else root / layout.folder, layout.name in required))
+    unknown = required - {layout.name for layout, _, _ in specs}
+    if unknown:
+        raise click.ClickException(f"required benchmarks not in the list: {', '.join(sorted(unknown))}")
+    return specs
+
+
+def _predictors(settings: dict[str, Any]) -> list:
+    predictors = []
+    model = settings["model"]
+    if model not in (None, "", "none"):
+        from trainer.export import TrainedModelError
+        try:
+            predictors.append(UNetPredictor.from_folder(model, device=settings["device"]))
+        except (TrainedModelError, ValueError, RuntimeError) as error:
+            raise click.ClickException(f"cannot load the trained model: {error}") from error
+    input_size = predictors[0].input_size if predictors else DEFAULT_INPUT_SIZE
+    predictors.append(CentrePrior(input_size))
+    return predictors
+
+
+def _print_table(results: list[BenchmarkResult]) -> None:
+    header = f"{'benchmark':14s} {'convention':10s} {'predictor':13s} " + " ".join(f"{m:>11s}" for m in TABLE_METRICS)
+    click.echo(header)
+    for result in results:
+        for convention, by_predictor in result.metrics.items():
+            for predictor, values in by_predictor.items():
+                cells = " ".join(f"{values[m]:11.4f}" if m in values else f"{'-':>11s}" for m in TABLE_METRICS)
+                click.echo(f"{result.name:14s} {convention:10s} {predictor:13s} {cells}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--params", "params_path", type=click.Path(dir_okay=False), default="params.yaml", show_default=True,
+              help="Parameters file; its `evaluate` section gives the defaults of every option below.")
+@click.option("--model", default=None,
+              help="Trained-model folder (unet.pt + unet.json, from train-unet); `none` for the baseline alone.")
+@click.option("--benchmarks-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding one folder per benchmark (default data/benchmarks).")
+@click.option("--benchmark", "benchmarks", multiple=True,
+              help="Benchmark to evaluate (repeatable): ECSSD, DUTS-TE, DUT-OMRON, PASCAL-S, HKU-IS, "
+                   "CUB-200-2011, Flowers. Replaces the list in params.")
+@click.option("--required", multiple=True,
+              help="Benchmark that must be found (repeatable); a missing one fails the command instead of "
+                   "being skipped with a warning.")
+@click.option("--convention", "conventions", multiple=True, type=click.Choice(sorted(CONVENTIONS)),
+              help="Metric convention (repeatable): paper (the E-BigBiGAN code's, default) or toolbox "
+                   "(PySODMetrics'). Every report names the one it used.")
+@click.option("--localisation/--no-localisation", default=None,
+              help="Also compute MaxBoxAcc and PxAP (the slowest metrics).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images predicted together (images are grouped by resized shape).")
+@click.option("--examples", type=click.IntRange(min=0), default=None, help="Images in each benchmark's PNG grid.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate only the first N pairs of each benchmark (for quick checks).")
+@click.option("--download/--no-download", default=None,
+              help="Fetch missing benchmarks from their official addresses, checking checksums (needs network).")
+@click.option("--output", type=click.Path(file_okay=False), default=None, help="Output folder (default data/eval).")
+@click.option("--device", default=None, help="Torch device for the model (cpu, cuda).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads on the CPU (default 1: images are decoded in a second thread meanwhile).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def main(params_path: str, quiet: bool, **options: Any) -> None:
+    """Measure the trained saliency model and the centre-prior baseline on real benchmarks.
+
+    Writes OUTPUT/metrics.json (DVC metrics: benchmark -> convention -> predictor -> metric),
+    OUTPUT/plots/{pr,f_threshold}/*.csv (DVC plots), OUTPUT/report.json (conventions, model,
+    unmatched files, skipped benchmarks) and OUTPUT/grids/<benchmark>.png.
+    """
+    settings = _settings(params_path, options)
+    try:
+        conventions = [get_convention(name) for name in settings["conventions"]]
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    if not conventions:
+        raise click.ClickException("no convention chosen")
+    try:
+        specs = _benchmark_specs(settings)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    if str(settings["device"]).startswith("cuda") and not torch.cuda.is_available():
+        raise click.ClickException("device cuda requested but no CUDA device is available")
+    torch.set_num_threads(int(settings["threads"]))
+    predictors = _predictors(settings)
+    output = Path(settings["output"])
+    start = time.perf_counter()
+    results, skipped, notes = [], [], []
+    for layout, folder, required in specs:
+        if not folder.is_dir() and settings["download"]:
+            try:
+                download_benchmark(layout, folder.parent, log=click.echo)
+            except DownloadError as error:
+                if required:
+                    raise click.ClickException(str(error)) from error
+                notes.append(str(error))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                benchmark = load_benchmark(layout, folder)
+        except BenchmarkNotFound as error:
+            if required:
+                raise click.ClickException(f"required benchmark missing: {error}") from error
+            click.echo(f"warning: skipping {layout.name}: {error}", err=True)
+            skipped.append({"name": layout.name, "folder": str(folder), "reason": str(error)})
+            continue
+        for warning in caught:
+            click.echo(f"warning: {warning.message}", err=True)
+            notes.append(str(warning.message))
+        try:
+            results.append(evaluate_benchmark(benchmark, predictors, conventions, int(settings["batch_size"]),
+                                              bool(settings["localisation"]), int(settings["examples"]),
+                                              settings["limit"], progress=not quiet))
+        except UnreadableImageError as error:
+            raise click.ClickException(f"{layout.name}: {error}") from error
+    if not results:
+        click.echo("warning: no benchmark was found; the report is empty", err=True)
+    for stale in ("plots", "grids"):
+        shutil.rmtree(output / stale, ignore_errors=True)
+    report = {
+        "conventions": {c.name: c.description for c in conventions},
+        "headline_convention": conventions[0].name,
+        "predictors": [predictor.describe() for predictor in predictors],
+        "inference": {"shorter_side": predictors[0].input_size, "input_range": [-1.0, 1.0],
+                      "resize_in": "bilinear, antialiased when shrinking", "resize_back": "bilinear to the mask size"},
+        "benchmarks_root": str(settings["benchmarks_root"]),
+        "skipped": skipped,
+        "warnings": notes,
+        "settings": {key: settings[key] for key in ("batch_size", "limit", "localisation", "examples")},
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    written = write_outputs(output, results, report)
+    _print_table(results)
+    click.echo(f"wrote {written['metrics']}, {written['report']}, {len(written['curves'])} curves, "
+               f"{len(written['grids'])} grids")
+
+
+if __name__ == "__main__":
+    main()

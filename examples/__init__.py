@@ -1,0 +1,1 @@
+"""Worked examples of plugging one's own models into the pipeline."""

@@ -1,0 +1,133 @@
+"""The discover stage: learn candidate directions, score them, choose h_bg, write the outputs.
+
+Outputs in one folder (data/directions by default), each written atomically:
+    direction.json      the chosen direction (generator/direction.py format)
+    scores.json         every candidate's score components and total, the formula, the choice
+    contact_sheet.png   images, shifted images and masks of the best candidates, both signs
+    candidates.npy      all candidate directions, float32 latent_dim x K (unit columns)
+    history.csv         per-step losses of the discovery run (a DVC plot)
+    metrics.json        the choice, its score, and the run's time and speed (DVC metrics)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from generator.direction import Direction, save_direction
+from generator.discovery.config import DiscoverConfig
+from generator.discovery.contact_sheet import make_contact_sheet, png_bytes
+from generator.discovery.latent_discovery import DiscoveryResult, discover_latent_directions
+from generator.discovery.scoring import SCORE_FORMULA, CandidateScore, score_candidates
+from generator.discovery.selection import Choice, check_override, choose_direction
+from generator.discovery.single_direction import discover_single_direction
+from generator.interface import Generator
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class StageOutcome:
+    """What the stage found and wrote."""
+
+    direction: Direction
+    choice: Choice
+    scores: list[CandidateScore]
+    discovery: DiscoveryResult
+    files: dict[str, Path]
+
+
+def discover(generator: Generator, config: DiscoverConfig, progress: bool = True) -> DiscoveryResult:
+    """Run the configured discovery method (resuming from its checkpoint when there is one)."""
+    checkpoint = (Path(config.checkpoint_dir) / f"{config.method}.pt") if config.checkpoint_dir else None
+    if config.method == "latent-discovery":
+        return discover_latent_directions(generator, config.latent_discovery, config.seed, checkpoint, progress)
+    return discover_single_direction(generator, config.single_direction, config.seed, checkpoint, progress)
+
+
+def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, progress: bool = True) -> StageOutcome:
+    """Discovery, scoring, choice and every output file."""
+    output = Path(output)
+    # refuse a bad override before the long part, not after it
+    check_override(config.override, config.latent_discovery.directions if config.method == "latent-discovery" else 1)
+    result = discover(generator, config, progress)
+    candidates = result.candidates
+    scores = score_candidates(generator, candidates, config.magnitude, config.scoring, config.seed, progress)
+    choice = choose_direction(scores, candidates.shape[1], config.override)
+    direction = Direction.from_vector(
+        choice.sign * candidates[:, choice.index], generator.identity, magnitude=config.magnitude,
+        method=result.method, index=choice.index, sign=choice.sign, chosen_by=choice.chosen_by,
+        extra={"score": choice.score.to_json(), "candidates": int(candidates.shape[1]),
+               "steps": steps_of(config), "seed": config.seed})
+    files = {name: output / name for name in
+             ("direction.json", "scores.json", "contact_sheet.png", "candidates.npy", "history.csv", "metrics.json")}
+    output.mkdir(parents=True, exist_ok=True)
+    sheet = make_contact_sheet(generator, candidates, scores, choice, config.magnitude, config.scoring, config.seed)
+    write_atomic(files["contact_sheet.png"], png_bytes(sheet))
+    buffer = io.BytesIO()
+    np.save(buffer, candidates.numpy().astype(np.float32), allow_pickle=False)
+    write_atomic(files["candidates.npy"], buffer.getvalue())
+    write_atomic(files["history.csv"], history_csv(result).encode())
+    write_atomic(files["scores.json"], json_bytes(scores_record(generator, config, result, scores, choice)))
+    write_atomic(files["metrics.json"], json_bytes(metrics_record(result, choice)))
+    save_direction(direction, files["direction.json"])  # last: its presence means the stage finished
+    return StageOutcome(direction, choice, scores, result, files)
+
+
+def steps_of(config: DiscoverConfig) -> int:
+    return (config.latent_discovery if config.method == "latent-discovery" else config.single_direction).steps
+
+
+def scores_record(generator: Generator, config: DiscoverConfig, result: DiscoveryResult,
+                  scores: list[CandidateScore], choice: Choice) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "generator": generator.identity,
+        "method": result.method,
+        "magnitude": config.magnitude,
+        "seed": config.seed,
+        "formula": SCORE_FORMULA,
+        "scoring": asdict(config.scoring),
+        "chosen": {"index": choice.index, "sign": choice.sign, "chosen_by": choice.chosen_by,
+                   "total": round(choice.score.total, 6)},
+        "candidates": [score.to_json() for score in scores],
+    }
+
+
+def metrics_record(result: DiscoveryResult, choice: Choice) -> dict:
+    outcome = result.outcome
+    return {
+        "method": result.method, "index": choice.index, "sign": choice.sign, "chosen_by": choice.chosen_by,
+        "score": round(choice.score.total, 6), "steps_run": outcome.steps_run, "resumed_from": outcome.resumed_from,
+        "seconds": round(outcome.seconds, 3),
+        "steps_per_second": round(outcome.steps_per_second, 3) if outcome.steps_run else None,
+        **{f"final_{key}": round(value, 6) for key, value in result.final_metrics.items()},
+    }
+
+
+def history_csv(result: DiscoveryResult) -> str:
+    history = result.outcome.history
+    keys = sorted(history)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["step", *keys])
+    for step, values in enumerate(zip(*(history[key] for key in keys))):
+        writer.writerow([step, *(f"{value:.6g}" for value in values)])
+    return buffer.getvalue()
+
+
+def json_bytes(record: dict) -> bytes:
+    return (json.dumps(record, indent=2) + "\n").encode()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside the target, then rename over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,85 @@
+"""`manifest.json`: what a shard set is, how it was made, and what each shard must hash to.
+
+    {"format_version": 1, "name": "synth", "config_digest": "...",
+     "generator": {"identity", "spec", "latent_dim", "resolution"},
+     "direction": {"digest", "path", "magnitude", "method", "index", "sign", "chosen_by", "found_for"},
+     "latents": {"sampler", "alpha", "bank": {"path", "digest", "count"} or null},
+     "parameters": {n, shard_size, seed, ..., "filters": {...}},
+     "members": ["jpg", "mask.png", "json"], "image_size": 128,
+     "totals": {"samples", "candidates", "acceptance_rate", "rejected_by": {...}},
+     "shards": [{"shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256"}]}
+
+Everything in it is a function of the parameters, so the same run gives the same manifest bytes.
+The config digest (a hash of everything above `totals`) tells a resumed run whether the shards
+already in a folder were made with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from generator.interface import digest_bytes
+from generator.synth.writer import ShardStats, write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing or cannot be read, with a message saying why."""
+
+
+def config_digest(run_record: dict[str, Any]) -> str:
+    """Digest of the settings that shape the data."""
+    return digest_bytes(json.dumps(run_record, sort_keys=True).encode())
+
+
+def build_manifest(run_record: dict[str, Any], shards: list[ShardStats]) -> dict[str, Any]:
+    """The manifest of a complete set: the run's record, totals and one row per shard."""
+    shards = sorted(shards, key=lambda stats: stats.shard)
+    samples = sum(stats.samples for stats in shards)
+    candidates = sum(stats.candidates for stats in shards)
+    rejected_by: dict[str, int] = {}
+    for stats in shards:
+        for name, count in stats.rejected_by.items():
+            rejected_by[name] = rejected_by.get(name, 0) + count
+    rows = []
+    for stats in shards:
+        row = stats.to_json()
+        row.pop("config_digest")
+        rows.append(row)
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": "synth",
+        "config_digest": config_digest(run_record),
+        **run_record,
+        "totals": {"samples": samples, "candidates": candidates,
+                   "acceptance_rate": round(samples / candidates, 6) if candidates else None,
+                   "rejected_by": rejected_by},
+        "shards": rows,
+    }
+
+
+def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
+    path = Path(folder) / MANIFEST_NAME
+    write_json_atomic(path, manifest)
+    return path
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The manifest of a shard folder; ManifestError when missing or malformed."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{path} not found: not a finished gen-synth output folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(f"{path} is not a shard manifest of format version {FORMAT_VERSION}")
+    for key in ("shards", "parameters", "totals", "members"):
+        if key not in manifest:
+            raise ManifestError(f"{path} has no `{key}` field")
+    return manifest

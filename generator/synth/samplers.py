@@ -1,0 +1,108 @@
+"""Latent samplers (the reader): where the z of every candidate comes from.
+
+Randomness is counter-based (DESIGN.md section 3): candidate j of shard k draws from a Philox
+stream keyed on (seed, k) and started at counter j, so its latent is a pure function of
+(seed, k, j), whatever the batch size, the worker count or the order shards are made in.
+
+- `GaussianSampler`: z ~ N(0, I).
+- `NeighbourhoodSampler`: z = E(I_i) + alpha * xi with i ~ U{0..N-1} over a latent bank of encoded
+  real images and xi ~ N(0, I) (the paper's encoder-neighbourhood sampling; alpha = 0 uses the
+  bank's latents as they are).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class LatentBankError(ValueError):
+    """A latent bank that cannot be used, with a message saying why."""
+
+
+@dataclass
+class LatentBatch:
+    """Latents of a run of candidates and the bank row each came from (-1: none)."""
+
+    z: np.ndarray              # float32 n x latent_dim
+    source_index: np.ndarray   # int64 n
+
+
+def candidate_key(seed: int, shard: int) -> np.ndarray:
+    """The 128-bit Philox key of a shard: a hash of (seed, shard)."""
+    if seed < 0 or shard < 0:
+        raise ValueError(f"seed and shard must be non-negative, got {seed} and {shard}")
+    return np.random.SeedSequence(int(seed), spawn_key=(int(shard),)).generate_state(2, np.uint64)
+
+
+def candidate_rng(key: np.ndarray, counter: int) -> np.random.Generator:
+    """The random stream of one candidate: the shard's key, counter block j (2**64 draws apart)."""
+    return np.random.Generator(np.random.Philox(key=key, counter=[0, int(counter), 0, 0]))
+
+
+def load_latent_bank(path: str | Path, latent_dim: int) -> np.ndarray:
+    """Read an N x latent_dim float32 `.npy` bank (memory-mapped, never unpickled) and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentBankError(f"latent bank {path} not found (run the embed stage: dvc repro embed)")
+    try:
+        bank = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise LatentBankError(f"{path} is not a .npy array of latents: {error}") from error
+    if bank.ndim != 2 or not np.issubdtype(bank.dtype, np.floating):
+        raise LatentBankError(f"{path} must hold a 2-D float array N x {latent_dim}, got "
+                              f"{bank.dtype} with shape {bank.shape}")
+    if bank.shape[0] == 0:
+        raise LatentBankError(f"latent bank {path} is empty (0 latents)")
+    if bank.shape[1] != latent_dim:
+        raise LatentBankError(f"latent bank {path} holds latents of size {bank.shape[1]}, but the "
+                              f"generator's latent size is {latent_dim}")
+    if not np.isfinite(bank).all():
+        raise LatentBankError(f"latent bank {path} holds NaN or infinite values")
+    return bank
+
+
+class GaussianSampler:
+    """z ~ N(0, I)."""
+
+    kind = "gaussian"
+
+    def __init__(self, latent_dim: int) -> None:
+        self.latent_dim = int(latent_dim)
+
+    def sample(self, seed: int, shard: int, counters: np.ndarray) -> LatentBatch:
+        key = candidate_key(seed, shard)
+        z = np.empty((len(counters), self.latent_dim), dtype=np.float32)
+        for row, counter in enumerate(counters):
+            z[row] = candidate_rng(key, counter).standard_normal(self.latent_dim, dtype=np.float32)
+        return LatentBatch(z, np.full(len(counters), -1, dtype=np.int64))
+
+
+class NeighbourhoodSampler:
+    """z = bank[i] + alpha * xi, i uniform over the bank's rows, xi ~ N(0, I)."""
+
+    kind = "neighbourhood"
+
+    def __init__(self, bank: np.ndarray, alpha: float) -> None:
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        if bank.ndim != 2 or bank.shape[0] == 0:
+            raise LatentBankError(f"a latent bank must be a non-empty N x latent_dim array, got {bank.shape}")
+        self.bank = bank
+        self.alpha = float(alpha)
+        self.latent_dim = int(bank.shape[1])
+
+    def sample(self, seed: int, shard: int, counters: np.ndarray) -> LatentBatch:
+        key = candidate_key(seed, shard)
+        n = len(counters)
+        source = np.empty(n, dtype=np.int64)
+        noise = np.empty((n, self.latent_dim), dtype=np.float32)
+        for row, counter in enumerate(counters):
+            rng = candidate_rng(key, counter)
+            source[row] = rng.integers(self.bank.shape[0])
+            noise[row] = rng.standard_normal(self.latent_dim, dtype=np.float32)
+        z = np.asarray(self.bank[source], dtype=np.float32).reshape(n, self.latent_dim)
+        return LatentBatch(z + np.float32(self.alpha) * noise, source)

@@ -1,0 +1,163 @@
+"""The worker: renders one whole shard from its index alone.
+
+Per batch of candidates: latents from the sampler, G(z) and G(z + h_bg), the masks, the filters;
+kept samples are encoded and streamed into the shard in candidate order.  A shard keeps the first
+`count` candidates that pass, so its content and its candidate count are a pure function of
+(settings, shard index): the batch size only groups the work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from generator.interface import Generator
+from generator.registry import build_generator
+from generator.synth.filters import REJECTING_FILTERS, apply_filters
+from generator.synth.masks import synthesize_masks
+from generator.synth.samplers import GaussianSampler, NeighbourhoodSampler, load_latent_bank
+from generator.synth.settings import SynthSettings
+from generator.synth.writer import (
+    ShardStats, ShardWriter, encode_jpeg, encode_json, encode_mask_png, encode_npy, sample_key, shard_name)
+
+#: Called after each batch with (samples kept, candidates used).
+Progress = Callable[[int, int], None]
+
+
+class CandidateBudgetExceeded(RuntimeError):
+    """A shard used its whole candidate budget without filling up: the filters reject too much."""
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """Everything needed to render any shard; plain values, so it can go to another process."""
+
+    settings: SynthSettings
+    generator_spec: dict[str, Any]
+    generator_identity: str
+    shift: tuple[float, ...]            # h_bg = magnitude * unit direction
+    bank_path: str | None               # the resolved bank for the neighbourhood sampler
+    output: str
+    config_digest: str
+
+
+def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """N x 3 x H x W in [-1, 1] to N x H x W x 3 uint8 (a strided view of an N x 3 x H x W array)."""
+    scaled = images.detach().to("cpu", torch.float32).numpy() * np.float32(127.5)
+    scaled += np.float32(127.5)                    # in place: one temporary for the whole chain
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+class ShardRenderer:
+    """Holds the generator, the shift and the sampler; `render(shard, count)` writes one shard."""
+
+    def __init__(self, job: RenderJob, generator: Generator | None = None) -> None:
+        self.job = job
+        self.settings = job.settings
+        self.generator = (generator or build_generator(job.generator_spec)).to(self.settings.device)
+        if self.generator.identity != job.generator_identity:
+            raise RuntimeError(f"generator built as {self.generator.identity}, expected {job.generator_identity}")
+        self.shift = torch.tensor(job.shift, dtype=torch.float32, device=self.generator.device)
+        if self.settings.sampler == "gaussian":
+            self.sampler = GaussianSampler(self.generator.latent_dim)
+        else:
+            bank = load_latent_bank(job.bank_path, self.generator.latent_dim)
+            self.sampler = NeighbourhoodSampler(bank, self.settings.alpha)
+
+    def render(self, shard: int, count: int, progress: Progress | None = None) -> ShardStats:
+        settings = self.settings
+        budget = settings.max_candidates_per_sample * settings.shard_size
+        rejected = {name: 0 for name in settings.filters.order if name in REJECTING_FILTERS}
+        timing = {"sample_s": 0.0, "generate_s": 0.0, "postprocess_s": 0.0}
+        kept = used = 0
+        path = Path(self.job.output) / shard_name(shard)
+        with ShardWriter(path) as writer:
+            while kept < count:
+                if used >= budget:
+                    raise CandidateBudgetExceeded(self._budget_message(shard, count, kept, used, rejected))
+                counters = np.arange(used, used + settings.batch_size)
+
+                start = time.perf_counter()
+                batch = self.sampler.sample(settings.seed, shard, counters)
+                z = torch.from_numpy(batch.z).to(self.generator.device)
+                timing["sample_s"] += time.perf_counter() - start
+
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    images = self.generator.generate(z)
+                    shifted = self.generator.generate(z + self.shift)
+                if images.device.type == "cuda":
+                    torch.cuda.synchronize(images.device)
+                timing["generate_s"] += time.perf_counter() - start
+
+                start = time.perf_counter()
+                masks = synthesize_masks(images, shifted)
+                result = apply_filters(masks.cpu().numpy(), shifted.float().cpu().numpy(), settings.filters)
+                # Candidates past the budget do not count; of the rest, take the first that pass.
+                usable = min(len(counters), budget - used)
+                passing = np.flatnonzero(result.keep[:usable])[: count - kept]
+                considered = passing[-1] + 1 if len(passing) == count - kept else usable
+                for name in rejected:
+                    rejected[name] += int(np.count_nonzero(result.rejected[name][:considered]))
+                pixels = images_to_uint8(images[torch.from_numpy(passing).to(images.device)])
+                for row, i in enumerate(passing):
+                    position = kept + row
+                    writer.add_sample(sample_key(shard, position),
+                                      self._members(shard, position, int(counters[i]), pixels[row],
+                                                    result.masks[i], float(result.foreground_fraction[i]),
+                                                    int(batch.source_index[i]), batch.z[i]))
+                kept += len(passing)
+                used += int(considered)
+                timing["postprocess_s"] += time.perf_counter() - start
+                if progress is not None:
+                    progress(len(passing), int(considered))
+            start = time.perf_counter()
+            size, digest = writer.close()
+            timing["postprocess_s"] += time.perf_counter() - start
+        return ShardStats(shard=shard, name=path.name, samples=kept, candidates=used, rejected_by=rejected,
+                          bytes=size, sha256=digest, config_digest=self.job.config_digest, timing=timing)
+
+    def _members(self, shard: int, position: int, candidate: int, pixels: np.ndarray, mask: np.ndarray,
+                 fraction: float, source_index: int, z: np.ndarray) -> dict[str, bytes]:
+        settings = self.settings
+        record = {
+            "key": sample_key(shard, position),
+            "index": shard * settings.shard_size + position,
+            "shard": shard,
+            "candidate": candidate,
+            "seed": settings.seed,
+            "sampler": settings.sampler,
+            "source_index": source_index if source_index >= 0 else None,
+            "alpha": float(settings.alpha) if settings.sampler == "neighbourhood" else None,
+            "foreground_fraction": round(fraction, 6),
+            "generator": self.job.generator_identity,
+        }
+        return sample_members(record, pixels, mask, settings.jpeg_quality, z if settings.save_latents else None)
+
+    def _budget_message(self, shard: int, count: int, kept: int, used: int, rejected: dict[str, int]) -> str:
+        worst = max(rejected, key=rejected.get) if rejected and max(rejected.values()) > 0 else None
+        counts = ", ".join(f"{name} filter {value}" for name, value in rejected.items())
+        advice = (f"the {worst} filter rejected the most; check the direction (dvc repro discover) or "
+                  f"relax or switch off synth.filters.{worst} in params.yaml" if worst else
+                  "check the direction and the filter settings")
+        return (f"shard {shard}: only {kept} of {count} samples passed the filters after {used} candidates "
+                f"(max_candidates_per_sample = {self.settings.max_candidates_per_sample}); rejected by: "
+                f"{counts or 'none'}; {advice}")
+
+
+def sample_members(record: dict[str, Any], pixels: np.ndarray, mask: np.ndarray, jpeg_quality: int,
+                   latent: np.ndarray | None = None) -> dict[str, bytes]:
+    """One sample's tar members: the image, its mask, its record and optionally its latent."""
+    members = {"jpg": encode_jpeg(pixels, jpeg_quality), "mask.png": encode_mask_png(mask),
+               "json": encode_json(record)}
+    if latent is not None:
+        members["latent.npy"] = encode_npy(latent.astype(np.float32))
+    return members

@@ -1,0 +1,158 @@
+"""The writer: samples to bytes, bytes to a tar shard, the shard to its final name.
+
+The same samples always give the same bytes: JPEG with a fixed quality and no optimisation
+pass, PNG at a fixed compression level, JSON with sorted keys, and tar members with a fixed
+mtime, owner and mode.  A shard is written under a hidden temporary name and renamed only when
+complete, so a file named `synth-000003.tar` is always a whole shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+SHARD_PREFIX = "synth"
+STATS_SUFFIX = ".stats.json"
+TEMP_SUFFIX = ".tmp"
+PNG_COMPRESS_LEVEL = 3          # masks are flat: level 3 is near level 6's size at 2/3 of the time
+
+
+def shard_name(index: int) -> str:
+    return f"{SHARD_PREFIX}-{index:06d}.tar"
+
+
+def stats_name(index: int) -> str:
+    return f"{SHARD_PREFIX}-{index:06d}{STATS_SUFFIX}"
+
+
+def temp_path(path: Path) -> Path:
+    """Hidden temporary name beside the final one (same folder, so the rename is atomic)."""
+    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
+
+
+def sample_key(shard: int, position: int) -> str:
+    """Key of a sample: shard and position in it, no dots (WebDataset splits names at dots)."""
+    return f"{shard:06d}_{position:06d}"
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """H x W x 3 uint8 to JPEG bytes (baseline, 4:2:0, no optimisation pass: deterministic)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="JPEG", quality=int(quality), optimize=False,
+                                            progressive=False, subsampling=2)
+    return buffer.getvalue()
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """H x W bool to an 8-bit grey PNG holding 0 and 255."""
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).save(
+        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def encode_json(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
+    """JSON file under a temporary name, then renamed."""
+    tmp = temp_path(path)
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ShardStats:
+    """What one shard holds and cost: the per-shard stats file, and a row of the manifest."""
+
+    shard: int
+    name: str
+    samples: int
+    candidates: int
+    rejected_by: dict[str, int]
+    bytes: int = 0
+    sha256: str = ""
+    config_digest: str = ""
+    # Seconds in G and in the rest; kept in memory only, so files stay the same bytes.
+    timing: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record.pop("timing")
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "ShardStats":
+        fields = {key: record[key] for key in
+                  ("shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256", "config_digest")}
+        return cls(**fields)
+
+
+class ShardWriter:
+    """Writes one tar shard: members added in order, renamed into place on `close`.
+
+    Use as a context manager; leaving the block by an exception removes the temporary file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.tmp = temp_path(self.path)
+        self._tar = tarfile.open(self.tmp, mode="w", format=tarfile.USTAR_FORMAT)
+
+    def add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def add_sample(self, key: str, members: dict[str, bytes]) -> None:
+        """Add one sample's members, e.g. {"jpg": ..., "mask.png": ..., "json": ...}."""
+        for extension, data in members.items():
+            self.add(f"{key}.{extension}", data)
+
+    def close(self) -> tuple[int, str]:
+        """Finish the tar, rename it into place; return its byte size and sha256."""
+        self._tar.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        size, digest = self.tmp.stat().st_size, file_sha256(self.tmp)
+        os.replace(self.tmp, self.path)
+        return size, digest
+
+    def abort(self) -> None:
+        self._tar.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()

@@ -1,0 +1,54 @@
+"""The `discover` section of params.yaml: defaults, types, every key, clear errors."""
+
+import dataclasses
+
+import pytest
+
+from generator.discovery.config import ConfigError, DiscoverConfig, Override
+from generator.params import load_section
+
+
+def test_the_project_params_file_is_a_valid_discover_section():
+    config = DiscoverConfig.from_params(load_section("discover"))
+    assert config.magnitude == 5.0 and config.override is None
+    section = load_section("discover")
+    # every setting of every method is a key of the section, so the paper's profile can be written down
+    for name in ("latent_discovery", "single_direction", "scoring"):
+        fields = {f.name for f in dataclasses.fields(getattr(config, name))}
+        assert fields == set(section[name]), name
+    assert {f.name for f in dataclasses.fields(config)} == set(section)
+
+
+def test_missing_keys_take_the_defaults_and_yaml_strings_become_numbers():
+    config = DiscoverConfig.from_params({"latent_discovery": {"lr_directions": "1e-4", "steps": 20.0},
+                                         "override": {"index": 3, "sign": -1}})
+    assert config.latent_discovery.lr_directions == 1e-4 and config.latent_discovery.steps == 20
+    assert config.override == Override(3, -1)
+    assert DiscoverConfig.from_params(None) == DiscoverConfig()
+
+
+def test_with_changes_reaches_nested_fields_and_validates():
+    config = DiscoverConfig().with_changes(**{"latent_discovery.directions": 7, "seed": 4})
+    assert config.latent_discovery.directions == 7 and config.seed == 4
+    with pytest.raises(ConfigError, match="positive"):
+        DiscoverConfig().with_changes(**{"single_direction.steps": 0})
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"extra": 1}, "unknown keys in discover: extra"),
+    ({"scoring": {"filters": {"size": {"bogus": 1}}}}, "scoring.filters: unknown settings in filters.size"),
+    ({"latent_discovery": {"steps": 2.5}}, "must be an integer"),
+    ({"latent_discovery": {"lr_directions": "fast"}}, "must be a number"),
+    ({"latent_discovery": {"direction_type": "curved"}}, "direction_type must be one of"),
+    ({"latent_discovery": {"lr_schedule": "step"}}, "lr_schedule must be one of"),
+    ({"latent_discovery": {"shift_min": 7}}, "shift_min < shift_max"),
+    ({"single_direction": {"radius_std": -1}}, "must not be negative"),
+    ({"scoring": {"border_width": 0.6}}, "border_width must be below 0.5"),
+    ({"threads": 0}, "threads must be a positive integer"),
+    ({"override": [1, 2]}, "discover.override must be a mapping"),
+    ({"override": {"index": 1}}, "discover.override"),
+    ("not a mapping", "discover must be a mapping"),
+])
+def test_bad_sections_are_clear_errors(section, message):
+    with pytest.raises(ConfigError, match=message):
+        DiscoverConfig.from_params(section)

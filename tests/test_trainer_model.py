@@ -1,0 +1,113 @@
+"""The U-Net's shapes and widths, and the trained-model files: round trip, safety, clear errors."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from trainer.export import TrainedModelError, load_trained_model, save_trained_model
+from trainer.unet import UNet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models gain nothing from a second thread, and lose much on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("bilinear", [True, False])
+@pytest.mark.parametrize("height, width", [(32, 32), (37, 37), (24, 43)])
+def test_one_logit_per_pixel_at_any_size(bilinear, height, width):
+    model = UNet(base_channels=4, depth=3, bilinear=bilinear).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 3, height, width) * 2 - 1)
+    assert logits.shape == (2, 1, height, width)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def double_conv_parameters(in_channels, out_channels, mid_channels=None):
+    """Two bias-free 3x3 convolutions, each with a batch norm's scale and shift."""
+    mid_channels = mid_channels or out_channels
+    return 9 * in_channels * mid_channels + 2 * mid_channels + 9 * mid_channels * out_channels + 2 * out_channels
+
+
+def test_paper_width_follows_the_u_net_layout():
+    # Counted by hand from the layout: encoder 64-128-256-512-1024 (bilinear: bottleneck 512 and
+    # the decoder's convolutions halve the channels), a 1x1 convolution to one logit at the end.
+    encoder = double_conv_parameters(3, 64) + sum(double_conv_parameters(c, 2 * c) for c in (64, 128, 256))
+    head = 64 + 1
+    bilinear = (encoder + double_conv_parameters(512, 512) + double_conv_parameters(1024, 256, 512)
+                + double_conv_parameters(512, 128, 256) + double_conv_parameters(256, 64, 128)
+                + double_conv_parameters(128, 64) + head)
+    transposed = (encoder + double_conv_parameters(512, 1024) + head
+                  + sum(4 * c * (c // 2) + c // 2 + double_conv_parameters(c, c // 2) for c in (1024, 512, 256, 128)))
+    assert sum(p.numel() for p in UNet(base_channels=64, bilinear=True).parameters()) == bilinear
+    assert sum(p.numel() for p in UNet(base_channels=64, bilinear=False).parameters()) == transposed
+
+
+def test_bad_architecture_is_refused():
+    with pytest.raises(ValueError, match="base_channels"):
+        UNet(base_channels=0)
+
+
+def test_save_load_round_trip_gives_the_same_function(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(base_channels=8, depth=2, bilinear=True)
+    model.train()
+    model(torch.randn(4, 3, 16, 16))  # move the batch-norm running statistics off their defaults
+    record = save_trained_model(model, {"input_size": 16, "steps": 3, "base_channels": 999}, tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["unet.json", "unet.pt"]
+    assert record["base_channels"] == 8  # the model's own architecture wins over the caller's dict
+
+    loaded, config = load_trained_model(tmp_path / "model")
+    assert not loaded.training
+    assert config == json.loads((tmp_path / "model" / "unet.json").read_text())
+    assert config["input_size"] == 16 and config["bilinear"] is True and config["depth"] == 2
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model.eval()(images))
+
+
+def test_weights_file_holding_arbitrary_objects_is_refused(tmp_path, capsys):
+    model = UNet(base_channels=4, depth=1)
+    save_trained_model(model, {"input_size": 8}, tmp_path)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    with open(tmp_path / "unet.pt", "wb") as f:
+        pickle.dump({"weights": Payload()}, f, protocol=2)
+    with pytest.raises(TrainedModelError, match="cannot load weights"):
+        load_trained_model(tmp_path)
+    assert "unpickled!" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda folder: (folder / "unet.json").unlink(), "not found"),
+    (lambda folder: (folder / "unet.json").write_text("{"), "not valid JSON"),
+    (lambda folder: (folder / "unet.json").write_text('{"format_version": 7}'), "format version"),
+    (lambda folder: (folder / "unet.json").write_text('{"format_version": 1, "architecture": "resnet"}'),
+     "does not describe a U-Net"),
+    (lambda folder: (folder / "unet.json").write_text('{"format_version": 1, "base_channels": 6, "depth": 1}'),
+     "cannot load weights"),
+])
+def test_broken_folders_are_clear_errors(tmp_path, breakage, message):
+    save_trained_model(UNet(base_channels=4, depth=1), {"input_size": 8}, tmp_path)
+    breakage(tmp_path)
+    with pytest.raises(TrainedModelError, match=message):
+        load_trained_model(tmp_path)
+
+
+def test_the_same_weights_give_the_same_bytes(tmp_path):
+    torch.manual_seed(1)
+    model = UNet(base_channels=4, depth=1)
+    save_trained_model(model, {"input_size": 8}, tmp_path / "a")
+    save_trained_model(model, {"input_size": 8}, tmp_path / "b")
+    for name in ("unet.pt", "unet.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert not [path for path in (tmp_path / "a").iterdir() if path.name.startswith(".")]  # no temporary left

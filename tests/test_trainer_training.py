@@ -1,0 +1,166 @@
+"""Training: a tiny run learns a separable task, resume equals an uninterrupted run, and the command."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from tests.test_trainer_data import write_disc_shards
+from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from trainer.config import PAPER_SCHEDULE, ConfigError, TrainConfig
+from trainer.export import load_trained_model
+from trainer.loop import train
+from trainer.main import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose much on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def disc_shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("discs")
+    write_disc_shards(folder, shards=5, per_shard=12, size=16)
+    return folder
+
+
+def tiny_config(shards, folder, **changes):
+    settings = dict(shards=str(shards), holdout_shards=1, val_samples=12, base_channels=8, depth=2, steps=30,
+                    batch_size=6, lr=5e-3, lr_decay_step=25, lr_decay_factor=0.2, num_workers=0, shuffle_buffer=12,
+                    log_every=1, val_every=10, checkpoint_every=10, checkpoint_dir=str(folder / "checkpoints"),
+                    model_dir=str(folder / "model"), plots_dir=str(folder / "plots"))
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def test_a_tiny_run_learns_the_discs_and_writes_model_curves_and_summary(disc_shards, tmp_path):
+    result = train(tiny_config(disc_shards, tmp_path), progress=False)
+    losses = [row["loss"] for row in result.history["train"]]
+    assert len(losses) == 30 and result.step == 30
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    # lr is multiplied by 0.2 after 25 steps: step 26 is the first at the lower rate
+    assert [row["lr"] for row in result.history["train"]][23:27] == pytest.approx([5e-3, 5e-3, 1e-3, 1e-3])
+    validation = result.history["val"]
+    assert [row["step"] for row in validation] == [10, 20, 30]
+    assert validation[-1]["loss"] < validation[0]["loss"] and validation[-1]["iou"] > 0.8
+
+    model, config = load_trained_model(tmp_path / "model")
+    assert config["input_size"] == 16 and config["base_channels"] == 8 and config["steps"] == 30
+    assert config["holdout_shards"] == ["synth-000004.tar"] and config["training_shard_count"] == 4
+    for trained, loaded in zip(result.model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(trained, loaded)
+    train_csv = (tmp_path / "plots" / "train_loss.csv").read_text().splitlines()
+    assert train_csv[0] == "step,loss,lr" and len(train_csv) == 31
+    assert (tmp_path / "plots" / "val.csv").read_text().splitlines()[0] == "step,loss,iou,accuracy"
+    summary = json.loads((tmp_path / "plots" / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["val_iou"] == pytest.approx(validation[-1]["iou"])
+
+
+def test_resume_repeats_the_uninterrupted_run(disc_shards, tmp_path):
+    def config(folder, steps):  # two loader processes; lr decays after step 8, in the resumed part
+        return tiny_config(disc_shards, folder, steps=steps, checkpoint_every=4, val_every=4, base_channels=4,
+                           lr_decay_step=8, batch_size=4, num_workers=2)
+
+    uninterrupted = train(config(tmp_path / "a", 14), progress=False)
+    first = train(config(tmp_path / "b", 6), progress=False)  # stops between two checkpoints
+    assert first.resumed_from is None
+    assert load_checkpoint(tmp_path / "b" / "checkpoints")["step"] == 6
+    resumed = train(config(tmp_path / "b", 14), progress=False)
+    assert resumed.resumed_from == 6
+
+    expected = [row["loss"] for row in uninterrupted.history["train"]]
+    got = [row["loss"] for row in resumed.history["train"]]
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert [row["step"] for row in resumed.history["val"]] == [4, 6, 8, 12, 14]  # 6: the first run's end
+    for (name, left), right in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(left.float(), right.float(), rtol=1e-5, atol=1e-6), name
+
+
+def test_a_checkpoint_of_other_settings_or_data_is_not_resumed(tmp_path):
+    shards = tmp_path / "shards"
+    write_disc_shards(shards, shards=3, per_shard=4, size=16)
+    train(tiny_config(shards, tmp_path, steps=4, checkpoint_every=2), progress=False)
+    messages = []
+    result = train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False, log=messages.append)
+    assert result.resumed_from is None and any("other settings" in message for message in messages)
+    assert train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False).resumed_from == 6
+
+    (shards / "manifest.json").write_text('{"format_version": 1, "config_digest": "new data"}')
+    assert train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False).resumed_from is None
+    write_disc_shards(shards, shards=3, per_shard=4, size=16, seed=1)  # same names, other samples
+    (shards / "manifest.json").unlink()
+    train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False)
+    write_disc_shards(shards, shards=3, per_shard=5, size=16, seed=2)
+    assert train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False).resumed_from is None
+
+    fresh = train(tiny_config(shards, tmp_path, steps=2, resume=False), progress=False)
+    assert fresh.resumed_from is None and load_checkpoint(tmp_path / "checkpoints")["step"] == 2
+
+
+def test_a_checkpoint_holding_code_is_refused(disc_shards, tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    (tmp_path / "checkpoints").mkdir()
+    with open(tmp_path / "checkpoints" / CHECKPOINT_NAME, "wb") as f:
+        pickle.dump({"step": Payload()}, f, protocol=2)
+    runner = CliRunner()
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": tiny_config(disc_shards, tmp_path, steps=2).as_dict()}))
+    outcome = runner.invoke(main, ["--params", str(params), "--quiet"])
+    assert outcome.exit_code == 1 and "cannot read checkpoint" in outcome.output
+    assert "unpickled!" not in outcome.output
+
+
+def test_the_command_trains_with_overrides_and_reports_bad_input(disc_shards, tmp_path):
+    params = tmp_path / "params.yaml"
+    section = tiny_config(disc_shards, tmp_path, steps=50).as_dict()
+    params.write_text(yaml.safe_dump({"generator": {"name": "testing"}, "train": section}))
+    runner = CliRunner()
+    outcome = runner.invoke(main, ["--params", str(params), "--steps", "3", "--base-channels", "6", "--quiet"])
+    assert outcome.exit_code == 0, outcome.output
+    _, config = load_trained_model(tmp_path / "model")
+    assert config["steps"] == 3 and config["base_channels"] == 6
+
+    missing = runner.invoke(main, ["--params", str(params), "--shards", str(tmp_path / "nowhere"), "--quiet"])
+    assert missing.exit_code == 1 and "not found" in missing.output and "Traceback" not in missing.output
+    params.write_text(yaml.safe_dump({"train": {**section, "stpes": 3}}))
+    typo = runner.invoke(main, ["--params", str(params)])
+    assert typo.exit_code == 1 and "unknown key(s) in the train section: stpes" in typo.output
+    assert runner.invoke(main, ["--help"]).exit_code == 0
+
+
+def test_a_refused_shard_stops_the_command_with_a_clean_message(tmp_path):
+    write_disc_shards(tmp_path / "shards", shards=3, per_shard=4, size=16, extra={"000000_000009.pyd": b"MZ"})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": tiny_config(tmp_path / "shards", tmp_path, num_workers=2).as_dict()}))
+    outcome = CliRunner().invoke(main, ["--params", str(params), "--quiet"])
+    assert outcome.exit_code == 1 and "Traceback" not in outcome.output
+    assert outcome.output.strip().endswith(f"Error: shard {tmp_path / 'shards' / 'synth-000000.tar'}: member "
+                                           f"'000000_000009.pyd' has extension .pyd, which is never decoded "
+                                           f"(allowed: .jpg, .jpeg, .png, .json, .npy); refusing the shard")
+    assert not (tmp_path / "model").exists()
+
+
+def test_paper_schedule_and_config_checks():
+    paper = TrainConfig().with_paper_schedule()
+    assert (paper.steps, paper.batch_size, paper.lr, paper.lr_decay_step, paper.lr_decay_factor,
+            paper.base_channels, paper.bilinear) == (12_000, 95, 1e-3, 8_000, 0.2, 64, True)
+    assert PAPER_SCHEDULE["lr_decay_step"] == 8_000
+    assert TrainConfig.from_section({"lr": "1e-3"}).lr == 1e-3  # YAML reads 1e-3 as a string
+    with pytest.raises(ConfigError, match="train.batch_size must be a positive integer"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="holdout_shards"):
+        TrainConfig(holdout_shards=-1)
+    with pytest.raises(ConfigError, match="input_size"):
+        TrainConfig(input_size=8, depth=4)

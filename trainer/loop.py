@@ -1,0 +1,222 @@
+"""The training loop: pixel-wise BCE with Adam and a step decay, checkpoints, curves, export.
+
+One process, or one per GPU/CPU group under `torchrun` (DistributedDataParallel).  The batch
+size is the global one: ranks split it and the loss is scaled so that DDP's gradient average
+equals the gradient of the mean over the whole batch.  A run resumed from a checkpoint repeats
+the uninterrupted run's steps exactly: model, optimiser, scheduler and RNG states are restored
+and the data stream restarts at its position (trainer/shards.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from trainer import distributed
+from trainer.checkpoint import fingerprint, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from trainer.config import ConfigError, TrainConfig
+from trainer.curves import write_curves, write_summary
+from trainer.decode import ShardFormatError
+from trainer.export import save_trained_model
+from trainer.shards import (StreamPlan, loader_workers, manifest_summary, probe_image_size, read_pairs,
+                            resolve_shards, shards_identity, split_holdout, training_loader)
+from trainer.unet import UNet
+from trainer.validation import validation_scores
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves in memory (the files are written by rank 0)."""
+
+    model: UNet
+    step: int
+    history: dict[str, list[dict[str, Any]]]
+    resumed_from: int | None
+    samples_per_second: float
+    rank: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _log_to_stderr(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None] = _log_to_stderr,
+          device: str | None = None) -> TrainResult:
+    """Run (or resume) training as configured; rank 0 writes checkpoints, curves and the model."""
+    context = distributed.setup(device)
+    try:
+        return _train(config, context, progress, log)
+    finally:
+        distributed.teardown(context)
+
+
+def _train(config: TrainConfig, context: distributed.Distributed, progress: bool,
+           log: Callable[[str], None]) -> TrainResult:
+    log = log if context.is_main else (lambda message: None)
+    device = context.device
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif device.type == "cpu" and context.active:
+        # Ranks on one machine share its cores; oversubscribed threads slow every rank down.
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
+
+    training, held = split_holdout(resolve_shards(config.shards), config.holdout_shards)
+    input_size = config.input_size or probe_image_size(training[0])
+    if input_size < 2 ** config.depth:
+        raise ConfigError(f"images of {input_size} px are too small for a U-Net of depth {config.depth}")
+    workers = loader_workers(config.num_workers, len(training), context.world_size)
+    plan = StreamPlan(tuple(training), config.seed, context.rank, context.world_size, workers,
+                      distributed.rank_batch_size(config.batch_size, context), config.shuffle_buffer)
+    autocast_on = config.bf16 and device.type == "cuda"
+    # Everything that decides the sequence of updates; `steps` is not in it, so a run can be extended.
+    settings = {
+        "training_shards": shards_identity(training), "holdout_shards": held, "input_size": input_size,
+        "base_channels": config.base_channels, "depth": config.depth, "bilinear": config.bilinear,
+        "batch_size": config.batch_size, "lr": config.lr, "lr_decay_step": config.lr_decay_step,
+        "lr_decay_factor": config.lr_decay_factor, "seed": config.seed, "shuffle_buffer": config.shuffle_buffer,
+        "world_size": context.world_size, "loader_workers": workers, "bf16_autocast": autocast_on,
+        # not the weights, but the curves stored with them
+        "log_every": config.log_every, "val_every": config.val_every, "val_samples": config.val_samples,
+    }
+    run_fingerprint = fingerprint(settings)
+
+    torch.manual_seed(config.seed)
+    model = UNet(3, config.base_channels, config.depth, config.bilinear).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    milestones = [config.lr_decay_step] if config.lr_decay_step else []
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_decay_factor)
+    history: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
+    pending = {"loss_sum": 0.0, "steps": 0}  # train-loss steps not yet written to the curve
+    step, resumed_from = 0, None
+
+    state = load_checkpoint(config.checkpoint_dir, map_location=device) if config.resume else None
+    if state is not None and state["fingerprint"] != run_fingerprint:
+        log(f"checkpoint in {config.checkpoint_dir} was made with other settings; training from the start")
+    elif state is not None and state["step"] > config.steps:
+        log(f"checkpoint in {config.checkpoint_dir} is at step {state['step']}, beyond {config.steps}; "
+            f"training from the start")
+    elif state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_states(state["rng"])
+        history, pending = state["history"], state["pending"]
+        step = resumed_from = int(state["step"])
+        log(f"resuming from step {step} ({config.checkpoint_dir})")
+    _check_ranks_agree(step, context)
+
+    network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if context.active else model
+    autocast = partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16) if autocast_on \
+        else contextlib.nullcontext
+    validation = read_pairs(held, input_size, config.val_samples)[:2] if held and context.is_main else None
+    loader = training_loader(plan, input_size, consumed_batches=step,
+                             processes=0 if config.num_workers == 0 else workers)
+    pixels_per_step = config.batch_size * input_size * input_size
+
+    def checkpoint() -> None:
+        save_checkpoint({
+            "step": step, "fingerprint": run_fingerprint, "settings": settings,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": rng_states(), "history": history, "pending": pending,
+        }, config.checkpoint_dir)
+        write_curves(history, config.plots_dir)
+
+    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (progress and context.is_main), file=sys.stderr)
+    started, start_step = time.perf_counter(), step
+    model.train()
+    batches = iter(loader)
+    while step < config.steps:
+        images, masks, _ = _next_batch(batches)
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        learning_rate = optimizer.param_groups[0]["lr"]
+        with autocast():
+            logits = network(images)
+        loss_sum = F.binary_cross_entropy_with_logits(logits.float(), masks, reduction="sum")
+        optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks; this scale turns the average into the whole batch's mean.
+        (loss_sum * (context.world_size / pixels_per_step)).backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        step_loss = distributed.all_sum(loss_sum.detach(), context).item() / pixels_per_step
+        pending = {"loss_sum": pending["loss_sum"] + step_loss, "steps": pending["steps"] + 1}
+        if step % config.log_every == 0 or step == config.steps:
+            history["train"].append({"step": step, "loss": pending["loss_sum"] / pending["steps"],
+                                     "lr": learning_rate})
+            pending = {"loss_sum": 0.0, "steps": 0}
+        if validation is not None and (step % config.val_every == 0 or step == config.steps):
+            scores = validation_scores(model, *validation, batch_size=config.batch_size, autocast=autocast)
+            history["val"].append({"step": step, **scores})
+        if context.is_main and (step % config.checkpoint_every == 0 or step == config.steps):
+            checkpoint()
+        rate = (step - start_step) * config.batch_size / max(time.perf_counter() - started, 1e-9)
+        shown = {"loss": f"{step_loss:.4f}", "samples/s": f"{rate:.1f}"}
+        if history["val"]:
+            shown["val_iou"] = f"{history['val'][-1]['iou']:.3f}"
+        bar.set_postfix(shown, refresh=False)
+        bar.update(1)
+    bar.close()
+    del batches
+    elapsed = time.perf_counter() - started
+    samples_per_second = (step - start_step) * config.batch_size / elapsed if step > start_step else 0.0
+
+    if context.active:
+        # Batch-norm statistics are updated locally by each rank's last forward pass; take rank 0's.
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+    if context.is_main:
+        write_curves(history, config.plots_dir)
+        last_val = history["val"][-1] if history["val"] else {}
+        record = {
+            "input_size": input_size, "steps": step, "batch_size": config.batch_size, "lr": config.lr,
+            "lr_decay_step": config.lr_decay_step, "lr_decay_factor": config.lr_decay_factor,
+            "seed": config.seed, "world_size": context.world_size, "shards": config.shards,
+            "training_shard_count": len(training), "holdout_shards": [url.rsplit("/", 1)[-1] for url in held],
+            "final_train_loss": history["train"][-1]["loss"] if history["train"] else None,
+            "validation": {key: last_val[key] for key in ("step", "loss", "iou", "accuracy") if key in last_val},
+            "provenance": manifest_summary(config.shards),
+        }
+        save_trained_model(model, record, config.model_dir)
+        write_summary({"steps": step, "train_loss": record["final_train_loss"],
+                       **{f"val_{key}": value for key, value in record["validation"].items() if key != "step"}},
+                      config.plots_dir)
+        log(f"trained {step} steps; model in {config.model_dir}, curves in {config.plots_dir}")
+    if context.active:
+        dist.barrier()
+    return TrainResult(model=model, step=step, history=history, resumed_from=resumed_from,
+                       samples_per_second=samples_per_second, rank=context.rank, settings=settings)
+
+
+def _next_batch(batches: Any) -> Any:
+    try:
+        return next(batches)
+    except ShardFormatError as error:
+        # A loader process's error arrives with its traceback folded into the message: keep the message.
+        message = str(error).strip().splitlines()[-1]
+        raise ShardFormatError(message.split("ShardFormatError: ", 1)[-1]) from None
+
+
+def _check_ranks_agree(step: int, context: distributed.Distributed) -> None:
+    """Every rank must start at the same step (checkpoints must sit on storage all ranks see)."""
+    if not context.active:
+        return
+    bounds = torch.tensor([step, -step], dtype=torch.int64, device=context.device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    if bounds[0].item() != -bounds[1].item():
+        raise RuntimeError(f"ranks would resume from different steps ({-bounds[1].item()} to {bounds[0].item()}); "
+                           f"put train.checkpoint_dir on storage that every rank sees")
