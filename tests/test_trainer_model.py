@@ -111,3 +111,15 @@ def test_the_same_weights_give_the_same_bytes(tmp_path):
     for name in ("unet.pt", "unet.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert not [path for path in (tmp_path / "a").iterdir() if path.name.startswith(".")]  # no temporary left
+
+
+def test_model_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from generator.files import atomic_write_bytes
+    previous = os.umask(0o022)
+    os.umask(previous)
+    atomic_write_bytes(tmp_path / "f.bin", b"x")
+    mode = stat.S_IMODE((tmp_path / "f.bin").stat().st_mode)
+    assert mode == 0o666 & ~previous

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from trainer.export import serialized
-from trainer.files import atomic_write_bytes
+from generator.files import atomic_write_bytes
 
 CHECKPOINT_NAME = "last.pt"
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.files import atomic_write_bytes
+from generator.files import atomic_write_bytes
 
 TRAIN_CURVE = "train_loss.csv"
 VAL_CURVE = "val.csv"

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.files import atomic_write_bytes
+from generator.files import atomic_write_bytes
 from trainer.unet import UNet
 
 FORMAT_VERSION = 1

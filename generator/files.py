@@ -1,11 +1,21 @@
 """Atomic file writes: a temporary file in the same folder, then a rename, so a crash never leaves
-a file under its final name that looks complete but is not."""
+a file under its final name that looks complete but is not.  The file gets the permissions a plain
+`open()` would give it (mkstemp's are private), so outputs can be shared."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def _read_umask() -> int:
+    current = os.umask(0)  # the only way to read it; done once, at import, before any threads
+    os.umask(current)
+    return current
+
+
+_UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -15,7 +25,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as f:
             f.write(data)
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
