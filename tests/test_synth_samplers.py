@@ -120,3 +120,15 @@ def test_settings_from_params_validate_and_plan_shards():
         SynthSettings.from_params({"alpha": "0.2x"})
     with pytest.raises(SettingsError, match="synth.filters"):
         SynthSettings.from_params({"filters": {"histogram": {"rule": "other"}}})
+
+
+def test_a_bank_encoded_by_another_generator_is_refused(tmp_path):
+    import json
+
+    from generator.synth.samplers import LatentBankError, load_latent_bank
+    np.save(tmp_path / "latents.npy", np.zeros((3, 16), np.float32))
+    (tmp_path / "index.json").write_text(json.dumps(
+        {"format_version": 1, "generator": "other@0123456789abcdef", "count": 3, "files": [], "skipped": []}))
+    with pytest.raises(LatentBankError, match="encoded by other@0123456789abcdef, not by testing@"):
+        load_latent_bank(tmp_path / "latents.npy", 16, "testing@fedcba9876543210")
+    assert load_latent_bank(tmp_path / "latents.npy", 16, "other@0123456789abcdef").shape == (3, 16)

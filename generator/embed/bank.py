@@ -89,7 +89,8 @@ def write_bank(folder: str | Path, latents: np.ndarray, generator_identity: str,
     return LatentBank(latents, index)
 
 
-def _index_path(bank_path: Path) -> Path:
+def index_path_for(bank_path: Path) -> Path:
+    """The index beside a bank: `<stem>.json` when present, else `index.json`."""
     same_stem = bank_path.with_suffix(".json")
     return same_stem if same_stem.is_file() else bank_path.with_name(INDEX_FILE)
 
@@ -112,7 +113,7 @@ def read_bank(path: str | Path, latent_dim: int | None = None, generator_identit
         raise BankError(f"{bank_path} holds {latents.dtype} {latents.shape}, expected float32 N x latent_dim")
     if latent_dim is not None and latents.shape[1] != latent_dim:
         raise BankError(f"{bank_path} holds latents of size {latents.shape[1]}, the generator's are {latent_dim}")
-    index_path = _index_path(bank_path)
+    index_path = index_path_for(bank_path)
     if index_path.is_file():
         try:
             index = json.loads(index_path.read_text())

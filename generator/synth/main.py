@@ -122,7 +122,7 @@ def synthesize(settings: SynthSettings, spec: dict[str, Any], *, bank_given: boo
         raise click.ClickException(f"{error}{hint}") from error
     bank_path = resolve_bank(settings, generator, bank_given)
     try:
-        bank = load_latent_bank(bank_path, generator.latent_dim) if bank_path is not None else None
+        bank = load_latent_bank(bank_path, generator.latent_dim, generator.identity) if bank_path is not None else None
     except LatentBankError as error:
         raise click.ClickException(str(error)) from error
 

@@ -12,11 +12,14 @@ stream keyed on (seed, k) and started at counter j, so its latent is a pure func
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from generator.embed.bank import index_path_for
 
 
 class LatentBankError(ValueError):
@@ -38,16 +41,35 @@ def candidate_key(seed: int, shard: int) -> np.ndarray:
     return np.random.SeedSequence(int(seed), spawn_key=(int(shard),)).generate_state(2, np.uint64)
 
 
+def _check_bank_generator(path: Path, generator_identity: str) -> None:
+    index_path = index_path_for(path)
+    if not index_path.is_file():
+        return  # a bare .npy from elsewhere: only its shape can be checked
+    try:
+        recorded = json.loads(index_path.read_text()).get("generator")
+    except (OSError, ValueError, AttributeError) as error:
+        raise LatentBankError(f"{index_path} is not a bank index: {error}") from error
+    if recorded is not None and recorded != generator_identity:
+        raise LatentBankError(f"latent bank {path} was encoded by {recorded}, not by {generator_identity}; "
+                              f"run the embed stage for this generator (dvc repro embed)")
+
+
 def candidate_rng(key: np.ndarray, counter: int) -> np.random.Generator:
     """The random stream of one candidate: the shard's key, counter block j (2**64 draws apart)."""
     return np.random.Generator(np.random.Philox(key=key, counter=[0, int(counter), 0, 0]))
 
 
-def load_latent_bank(path: str | Path, latent_dim: int) -> np.ndarray:
-    """Read an N x latent_dim float32 `.npy` bank (memory-mapped, never unpickled) and check it."""
+def load_latent_bank(path: str | Path, latent_dim: int, generator_identity: str | None = None) -> np.ndarray:
+    """Read an N x latent_dim float32 `.npy` bank (memory-mapped, never unpickled) and check it.
+
+    With `generator_identity`, a bank whose index names another generator is refused: its codes
+    live in that generator's latent space, even when the sizes match.
+    """
     path = Path(path)
     if not path.is_file():
         raise LatentBankError(f"latent bank {path} not found (run the embed stage: dvc repro embed)")
+    if generator_identity is not None:
+        _check_bank_generator(path, generator_identity)
     try:
         bank = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as error:
