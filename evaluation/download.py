@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from evaluation.datasets import Layout, Source
+from generator.files import atomic_write_bytes
 
 CHECKSUMS_FILE = "checksums.json"
 CHUNK = 1 << 20
@@ -103,12 +104,7 @@ def _record(root: Path) -> dict[str, str]:
 
 
 def _save_record(root: Path, record: dict[str, str]) -> None:
-    path = root / CHECKSUMS_FILE
-    handle, temporary = tempfile.mkstemp(dir=root, prefix=f".{CHECKSUMS_FILE}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temporary, path)
+    atomic_write_bytes(root / CHECKSUMS_FILE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
 def fetch_source(source: Source, root: str | Path, opener: Callable = urllib.request.urlopen,

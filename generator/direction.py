@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from generator.files import atomic_write_json
 from generator.interface import Generator, digest_bytes
 
 FORMAT_VERSION = 1
@@ -87,11 +87,7 @@ class Direction:
 
 def save_direction(direction: Direction, path: str | Path) -> None:
     """Write the direction as JSON, atomically (a temporary name, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(direction.to_json(), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, direction.to_json())
 
 
 def load_direction(path: str | Path, generator: Generator | None = None) -> Direction:

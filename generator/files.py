@@ -4,9 +4,11 @@ a file under its final name that looks complete but is not.  The file gets the p
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _read_umask() -> int:
@@ -31,3 +33,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         Path(temporary).unlink(missing_ok=True)
         raise
 
+
+
+def atomic_write_json(path: str | Path, record: Any) -> None:
+    """`record` as indented JSON with a final newline, written atomically."""
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())

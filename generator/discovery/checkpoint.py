@@ -9,13 +9,14 @@ fingerprint differs belongs to another run and is never resumed from.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from generator.files import atomic_write_bytes
 from generator.interface import digest_bytes
 
 
@@ -32,11 +33,9 @@ def fingerprint(method: str, settings: dict[str, Any], generator_identity: str) 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """torch.save to a temporary name, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, expected_fingerprint: str) -> dict[str, Any] | None:

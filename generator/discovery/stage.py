@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from generator.discovery.latent_discovery import DiscoveryResult, discover_laten
 from generator.discovery.scoring import SCORE_FORMULA, CandidateScore, score_candidates
 from generator.discovery.selection import Choice, check_override, choose_direction
 from generator.discovery.single_direction import discover_single_direction
+from generator.files import atomic_write_bytes, atomic_write_json
 from generator.interface import Generator
 
 FORMAT_VERSION = 1
@@ -69,13 +68,13 @@ def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, 
              ("direction.json", "scores.json", "contact_sheet.png", "candidates.npy", "history.csv", "metrics.json")}
     output.mkdir(parents=True, exist_ok=True)
     sheet = make_contact_sheet(generator, candidates, scores, choice, config.magnitude, config.scoring, config.seed)
-    write_atomic(files["contact_sheet.png"], png_bytes(sheet))
+    atomic_write_bytes(files["contact_sheet.png"], png_bytes(sheet))
     buffer = io.BytesIO()
     np.save(buffer, candidates.numpy().astype(np.float32), allow_pickle=False)
-    write_atomic(files["candidates.npy"], buffer.getvalue())
-    write_atomic(files["history.csv"], history_csv(result).encode())
-    write_atomic(files["scores.json"], json_bytes(scores_record(generator, config, result, scores, choice)))
-    write_atomic(files["metrics.json"], json_bytes(metrics_record(result, choice)))
+    atomic_write_bytes(files["candidates.npy"], buffer.getvalue())
+    atomic_write_bytes(files["history.csv"], history_csv(result).encode())
+    atomic_write_json(files["scores.json"], scores_record(generator, config, result, scores, choice))
+    atomic_write_json(files["metrics.json"], metrics_record(result, choice))
     save_direction(direction, files["direction.json"])  # last: its presence means the stage finished
     return StageOutcome(direction, choice, scores, result, files)
 
@@ -120,14 +119,3 @@ def history_csv(result: DiscoveryResult) -> str:
     for step, values in enumerate(zip(*(history[key] for key in keys))):
         writer.writerow([step, *(f"{value:.6g}" for value in values)])
     return buffer.getvalue()
-
-
-def json_bytes(record: dict) -> bytes:
-    return (json.dumps(record, indent=2) + "\n").encode()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside the target, then rename over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 
 import click
 import numpy as np
 from PIL import Image
 
+from generator.files import atomic_write_bytes
 from generator.synth.verify import default_folder, read_samples
 
 GAP = 2
@@ -87,10 +87,9 @@ def main(folder: str | None, params_path: str, out_path: str, count: int, column
     if not samples:
         raise click.ClickException(f"no readable samples (KEY.jpg + KEY.mask.png) in {folder_path}/*.tar")
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    contact_sheet(samples, min(columns, len(samples)), scale).save(tmp, format="PNG")
-    os.replace(tmp, out)
+    png = io.BytesIO()
+    contact_sheet(samples, min(columns, len(samples)), scale).save(png, format="PNG")
+    atomic_write_bytes(out, png.getvalue())
     click.echo(f"wrote {out}: {len(samples)} samples from {folder_path}")
 
 
