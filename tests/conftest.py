@@ -19,6 +19,17 @@ def shared_datasets() -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for small models: a second thread gains nothing and, on a shared busy CPU,
+    costs much; the previous setting is restored afterwards."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def testing_generator():
     """The analytic test generator at a small resolution (64 x 64, latent size 16)."""
     from generator.backends.testing import ShapesGenerator

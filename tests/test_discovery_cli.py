@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
@@ -16,13 +15,7 @@ from generator.discovery.cli import main
 GENERATOR = {"name": "testing", "options": {"resolution": 16, "mixing_seed": 1}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread for these small runs; the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = {

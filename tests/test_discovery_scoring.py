@@ -12,13 +12,7 @@ from generator.discovery.scoring import border_coverage, largest_component_share
 from generator.discovery.selection import choose_direction
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread for these small runs; the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 NAMES = list(PLANTED_AXES)  # lighting first, then the distractors

@@ -12,13 +12,7 @@ from generator.discovery.reconstructor import Reconstructor
 from generator.discovery.single_direction import discover_single_direction, radial_map, sobel_magnitude
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread for these small runs; the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL_LATENT = LatentDiscoveryConfig(directions=4, steps=6, batch_size=4, reconstructor_width=4,

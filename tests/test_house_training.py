@@ -20,13 +20,7 @@ from generator.registry import build_generator
 TINY = HouseConfig(latent_dim=8, resolution=16, width=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (no OpenMP hand-offs on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
