@@ -7,10 +7,10 @@ import torch
 from skimage.measure import label as skimage_label
 
 from generator.backends.testing import ShapesGenerator
-from generator.synth import FilterConfig, apply_filters, gray, synthesize_masks
+from generator.synth import FilterConfig, apply_filters, filters, gray, synthesize_masks
 from generator.synth.filters import (
     batch_histograms, count_local_maxima, filter_components, filter_components_loop,
-    has_interior_maximum, histogram_fails, size_fails, smooth_histograms)
+    has_interior_maximum, histogram_fails, mask_runs, size_fails, smooth_histograms)
 
 BIN_CENTRES = -1 + (np.arange(12) + 0.5) / 6  # centres of the 12 bins over [-1, 1]
 
@@ -192,6 +192,88 @@ def test_vectorised_components_match_skimage_labelling(connectivity, inclusive, 
             expected[i] = np.isin(labels, kept)
     assert np.array_equal(filter_components(masks, connectivity, 0.2, inclusive), expected)
     assert np.array_equal(filter_components_loop(masks, connectivity, 0.2, inclusive), expected)
+
+
+def test_mask_runs_match_a_row_by_row_scan():
+    rng = np.random.default_rng(5)
+    for shape in [(3, 5, 37), (2, 4, 64), (2, 3, 130), (1, 1, 1), (2, 6, 1)]:
+        masks = rng.random(shape) < 0.5
+        masks[0, 0] = True                       # a row-wide run, from the first column to the last
+        expected = []
+        for row, line in enumerate(masks.reshape(-1, shape[2])):
+            padded = np.concatenate([[False], line, [False]])
+            edges = np.flatnonzero(padded[1:] != padded[:-1])
+            expected += [(row, start, end) for start, end in zip(edges[0::2], edges[1::2])]
+        rows, starts, ends = mask_runs(masks)
+        assert list(zip(rows.tolist(), starts.tolist(), ends.tolist())) == expected
+
+
+def test_bit_counts_without_numpy_2_agree_with_a_count_of_the_binary_digits():
+    rng = np.random.default_rng(4)
+    words = np.concatenate([rng.integers(0, 2**64, 200, dtype=np.uint64, endpoint=False),
+                            np.array([0, 1, 2**63, 2**64 - 1], dtype=np.uint64)])
+    expected = [bin(int(word)).count("1") for word in words]
+    assert filters.summed_bit_counts(words).tolist() == expected
+    assert filters.bit_counts(words).tolist() == expected
+
+
+def random_mask_batches():
+    """Seeded batches that cover the cases the vectorised filter treats apart."""
+    rng = np.random.default_rng(11)
+    for shape in [(24, 16, 37), (16, 9, 64), (12, 7, 65), (8, 5, 130), (1, 12, 12), (6, 1, 70), (6, 20, 1)]:
+        density = rng.choice([0.05, 0.3, 0.6, 0.9], size=(shape[0], 1, 1))
+        masks = rng.random(shape) < density
+        masks[0] = False                         # empty
+        masks[-1] = True                         # full, touching every border
+        yield masks
+    # Shapes with one run per row, where the components come from counting rows: diagonal
+    # steps (one component with corners, one per row without), a gap of a row, a left/right
+    # zigzag, a blob touching the image borders; and two bars side by side that must be labelled.
+    steps = np.zeros((1, 8, 8), dtype=bool)
+    steps[0, np.arange(8), np.arange(8)] = True
+    gap = np.zeros((1, 9, 10), dtype=bool)
+    gap[0, 0:4, 2:7] = True
+    gap[0, 5:6, 3:4] = True
+    zigzag = np.zeros((1, 6, 130), dtype=bool)    # rows meet at corners, across a word boundary
+    zigzag[0, 0::2, 60:70] = True
+    zigzag[0, 1::2, 70:129] = True
+    blob = np.zeros((1, 10, 66), dtype=bool)
+    for row in range(10):
+        blob[0, row, max(0, 30 - 4 * row):min(66, 40 + 4 * row)] = True
+    bars = np.zeros((1, 10, 6), dtype=bool)     # two runs in a row: counting rows would see one
+    bars[0, :, 0:2] = True
+    bars[0, 0, 4] = True
+    yield np.concatenate([np.pad(m, ((0, 0), (0, 10 - m.shape[1]), (0, 130 - m.shape[2])))
+                          for m in (steps, gap, zigzag, blob, bars)])
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+@pytest.mark.parametrize("inclusive", [True, False])
+@pytest.mark.parametrize("ratio", [0.2, 0.0, 1.0])
+def test_vectorised_components_match_the_loop(connectivity, inclusive, ratio):
+    for masks in random_mask_batches():
+        expected = filter_components_loop(masks, connectivity, ratio, inclusive)
+        assert np.array_equal(filter_components(masks, connectivity, ratio, inclusive), expected)
+
+
+def test_components_of_generator_masks_match_the_loop_in_small_groups(monkeypatch):
+    generator = ShapesGenerator(resolution=64)
+    z = torch.randn(12, generator.latent_dim, generator=torch.Generator().manual_seed(1))
+    shift = 5 * generator.planted_direction("lighting")
+    masks = synthesize_masks(generator.generate(z), generator.generate(z + shift)).numpy()
+    specks = np.random.default_rng(2).random(masks.shape) < 0.01
+    specks[:4] = False                           # a few plain single blobs in the batch
+    masks = masks ^ specks
+    monkeypatch.setattr(filters, "LABELLING_RUNS", 40)   # many groups, some of one image
+    for connectivity in (4, 8):
+        expected = filter_components_loop(masks, connectivity)
+        assert not np.array_equal(expected, masks)   # specks are dropped
+        assert np.array_equal(filter_components(masks, connectivity), expected)
+
+
+def test_components_of_empty_batches_and_images():
+    for shape in [(0, 4, 4), (2, 0, 5), (2, 5, 0)]:
+        assert filter_components(np.zeros(shape, dtype=bool)).shape == shape
 
 
 # --- the filters together --------------------------------------------------------------------------
