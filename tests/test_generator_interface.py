@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from generator import build_generator
 from generator.backends.testing import ShapesGenerator
 from generator.backends.torch_module import TorchModuleGenerator
 from generator.interface import Generator, GeneratorSpecError
@@ -96,3 +97,32 @@ def test_planted_lighting_direction_lightens_object_and_darkens_background():
     inside = generator.object_mask(z)[:, None].expand_as(before)
     assert (after - before)[inside].mean() > 0.3
     assert (after - before)[~inside].mean() < -0.3
+
+
+def test_fixed_shape_keeps_every_object_the_same_size():
+    free = ShapesGenerator(resolution=32, mixing_seed=3)
+    fixed = ShapesGenerator(resolution=32, mixing_seed=3, fixed_shape=True)
+    z = torch.randn(64, 16, generator=torch.Generator().manual_seed(4))
+    free_areas, fixed_areas = free.object_mask(z).sum(dim=(1, 2)), fixed.object_mask(z).sum(dim=(1, 2))
+    assert free_areas.max() > 1.5 * free_areas.min()
+    assert fixed_areas.max() < 1.1 * fixed_areas.min()  # only the pixel grid moves with the object
+    size = free.planted_direction("size")  # the same rotation: the same mixing seed
+    assert (fixed.generate(z + 3 * size) - fixed.generate(z)).abs().max() < 1e-5  # rounding of the rotation
+    assert (free.generate(z + 3 * size) - free.generate(z)).abs().max() > 0.5
+
+
+def test_fixed_shape_has_no_size_direction_and_its_own_identity():
+    fixed = ShapesGenerator(resolution=32, fixed_shape=True)
+    assert "size" not in fixed.planted_names and "lighting" in fixed.planted_names
+    assert "size" in ShapesGenerator(resolution=32).planted_names
+    with pytest.raises(ValueError, match="'size' is not a planted direction"):
+        fixed.planted_direction("size")
+    assert fixed.identity != ShapesGenerator(resolution=32).identity
+    spec = {"name": "testing", "options": {"resolution": 32, "fixed_shape": True}}
+    assert build_generator(spec).identity == fixed.identity
+
+
+def test_default_testing_identity_is_unchanged_by_the_fixed_shape_option():
+    # Manifests and direction files made before the option name the generator by this identity.
+    assert ShapesGenerator().identity == "testing@0a95c90cddc19d6d"
+    assert ShapesGenerator(fixed_shape=False).identity == ShapesGenerator().identity
