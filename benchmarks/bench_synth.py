@@ -8,7 +8,9 @@ work on the machine does not distort them; wall-clock rates are printed beside t
    (every candidate is encoded and written, so this is the cost per written sample).
 2. The connected-component filter: the vectorised version (mask rows packed into bits; masks that
    are plainly one component skip labelling, the others are labelled in a few calls per batch)
-   against a per-image, per-component loop of the same rule; outputs compared for equality.
+   against a per-image, per-component loop of the same rule; outputs compared for equality, on
+   the testing generator's masks (convex: one run per row), on those masks with pixels flipped,
+   and on ragged house-GAN masks (several runs per row, holes: every mask is labelled).
 3. gen-synth end to end with the testing generator: samples/s, and the share of worker time spent
    in G, in post-processing and in drawing latents.
 
