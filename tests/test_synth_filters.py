@@ -10,7 +10,7 @@ from generator.backends.testing import ShapesGenerator
 from generator.synth import FilterConfig, apply_filters, filters, gray, synthesize_masks
 from generator.synth.filters import (
     batch_histograms, count_local_maxima, filter_components, filter_components_loop,
-    has_interior_maximum, histogram_fails, mask_runs, size_fails, smooth_histograms)
+    has_interior_maximum, histogram_fails, size_fails, smooth_histograms)
 
 BIN_CENTRES = -1 + (np.arange(12) + 0.5) / 6  # centres of the 12 bins over [-1, 1]
 
@@ -194,7 +194,7 @@ def test_vectorised_components_match_skimage_labelling(connectivity, inclusive, 
     assert np.array_equal(filter_components_loop(masks, connectivity, 0.2, inclusive), expected)
 
 
-def test_mask_runs_match_a_row_by_row_scan():
+def test_runs_found_on_packed_rows_match_a_row_by_row_scan():
     rng = np.random.default_rng(5)
     for shape in [(3, 5, 37), (2, 4, 64), (2, 3, 130), (1, 1, 1), (2, 6, 1)]:
         masks = rng.random(shape) < 0.5
@@ -204,7 +204,9 @@ def test_mask_runs_match_a_row_by_row_scan():
             padded = np.concatenate([[False], line, [False]])
             edges = np.flatnonzero(padded[1:] != padded[:-1])
             expected += [(row, start, end) for start, end in zip(edges[0::2], edges[1::2])]
-        rows, starts, ends = mask_runs(masks)
+        bits = filters.packed_rows(masks)
+        left, right = filters.neighbour_bits(bits)
+        rows, starts, ends = filters.runs_from_edges(bits & ~left, bits & ~right)
         assert list(zip(rows.tolist(), starts.tolist(), ends.tolist())) == expected
 
 

@@ -404,25 +404,17 @@ def bits_before(words: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 
 def runs_from_edges(firsts: np.ndarray, lasts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(global row, start column, end column) of the runs whose first and last pixels are set bits."""
+    """(global row, start column, end column) of the runs whose first and last pixels are set bits.
+
+    The global row of row r of image i is i * H + r; runs come sorted by row, then column, and
+    `end` is exclusive.  A run starts where a pixel is set and its left neighbour is not, and ends
+    after a set pixel whose right neighbour is not (`neighbour_bits`).
+    """
     row_bits = 64 * firsts.shape[-1]
     starts = set_bit_positions(firsts)
     ends = set_bit_positions(lasts) + 1
     rows = starts // row_bits
     return rows, starts - rows * row_bits, ends - rows * row_bits
-
-
-def mask_runs(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Horizontal runs of foreground in all masks: (global row, start column, end column).
-
-    The global row of row r of image i is i * H + r; runs come sorted by row, then column, and
-    `end` is exclusive.  The rows are packed into bits first, so finding the runs touches 64
-    pixels per step: a run starts where a pixel is set and its left neighbour is not, and ends
-    after a set pixel whose right neighbour is not.
-    """
-    bits = packed_rows(masks)
-    left, right = neighbour_bits(bits)
-    return runs_from_edges(bits & ~left, bits & ~right)
 
 
 def kept_components(sizes: np.ndarray, largest: np.ndarray, ratio: float, inclusive: bool) -> np.ndarray:
