@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from generator.discovery.checkpoint import fingerprint
 from generator.discovery.config import LatentDiscoveryConfig
 from generator.discovery.directions import LatentDirections
-from generator.discovery.loop import LoopOutcome, run_loop
+from generator.discovery.loop import LoopOutcome, require_gradients, run_loop
 from generator.discovery.randomness import frozen, step_rng
 from generator.discovery.reconstructor import Reconstructor
 from generator.interface import Generator
@@ -80,9 +80,7 @@ def build_models(config: LatentDiscoveryConfig, latent_dim: int, seed: int) -> t
 def discover_latent_directions(generator: Generator, config: LatentDiscoveryConfig, seed: int = 0,
                                checkpoint_path: str | Path | None = None, progress: bool = True) -> DiscoveryResult:
     """Train A and R for `config.steps` steps (resuming from a matching checkpoint) and return A."""
-    if not generator.differentiable:
-        raise ValueError(f"latent discovery needs gradients through the generator; {generator.identity} is not "
-                         f"differentiable in PyTorch")
+    require_gradients(generator, "latent discovery")
     device = generator.device
     directions, reconstructor = build_models(config, generator.latent_dim, seed)
     directions.to(device)

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from generator.discovery.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
+from generator.interface import Generator
 
 RUNNING_WINDOW = 50
 POSTFIX_EVERY = 10
@@ -33,6 +34,13 @@ class LoopOutcome:
     @property
     def steps_per_second(self) -> float:
         return self.steps_run / self.seconds if self.seconds > 0 else float("nan")
+
+
+def require_gradients(generator: Generator, method: str) -> None:
+    """Both methods back-propagate through G: refuse a generator that cannot give gradients."""
+    if not generator.differentiable:
+        raise ValueError(f"{method} needs gradients through the generator; {generator.identity} is not "
+                         f"differentiable in PyTorch")
 
 
 def run_loop(*, description: str, steps: int, step: Callable[[int], dict[str, float]],

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from generator.discovery.checkpoint import fingerprint
 from generator.discovery.config import SingleDirectionConfig
 from generator.discovery.latent_discovery import DiscoveryResult
-from generator.discovery.loop import run_loop
+from generator.discovery.loop import require_gradients, run_loop
 from generator.discovery.randomness import frozen, step_rng
 from generator.interface import Generator
 from generator.synth.masks import gray
@@ -73,9 +73,7 @@ def draw_step(config: SingleDirectionConfig, latent_dim: int, seed: int, t: int)
 def discover_single_direction(generator: Generator, config: SingleDirectionConfig, seed: int = 0,
                               checkpoint_path: str | Path | None = None, progress: bool = True) -> DiscoveryResult:
     """Optimise d for `config.steps` steps (resuming from a matching checkpoint); one candidate."""
-    if not generator.differentiable:
-        raise ValueError(f"single-direction discovery needs gradients through the generator; "
-                         f"{generator.identity} is not differentiable in PyTorch")
+    require_gradients(generator, "single-direction discovery")
     device = generator.device
     start = torch.randn(generator.latent_dim, generator=step_rng(seed, "init"))
     holder = torch.nn.Module()
