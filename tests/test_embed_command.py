@@ -18,6 +18,7 @@ from generator.embed import find_images, read_bank, write_bank
 from generator.embed.bank import BankError
 from generator.embed.main import main as embed_images
 from generator.image_io import load_square
+from tests.tolerances import between_two_runs
 
 THIS_MODULE = "python:tests.test_embed_command"
 EXPECTED_FILES = ["a.png", "a/deep/x.bmp", "b/cat.JPG", "c.jpeg", "d.png", "e.PNG"]
@@ -57,6 +58,9 @@ def write_params(path: Path, generator: dict, **embed) -> Path:
 
 
 TESTING = {"name": "testing", "options": {"resolution": 32}}
+# The testing encoder: a 4 x 4 average pool (32 px to 8 x 8), then a 192 x 16 projection, on
+# images in [-1, 1]; batches of other sizes may round differently.
+ENCODER_TOLERANCE = between_two_runs(4 * 4, 3 * 8 * 8)
 
 
 def run(*args: str):
@@ -89,7 +93,7 @@ def test_embed_folder_writes_the_bank(photos, tmp_path):
     with torch.no_grad():
         expected = torch.cat([generator.encode(load_square(photos / name, 32, exif_orientation=True))
                               for name in bank.files]).numpy()
-    np.testing.assert_allclose(bank.latents, expected, atol=1e-6)
+    np.testing.assert_allclose(bank.latents, expected, atol=ENCODER_TOLERANCE)
     assert sorted(p.name for p in out.iterdir()) == ["index.json", "latents.npy"]
 
 
@@ -101,7 +105,7 @@ def test_same_settings_give_the_same_bytes_and_batch_size_does_not_matter(photos
         assert result.exit_code == 0, result.output
     for name in ("latents.npy", "index.json"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
-    np.testing.assert_allclose(read_bank(outs[2]).latents, read_bank(outs[0]).latents, atol=1e-6)
+    np.testing.assert_allclose(read_bank(outs[2]).latents, read_bank(outs[0]).latents, atol=ENCODER_TOLERANCE)
 
 
 def test_bundled_bank_is_copied_when_no_folder_is_set(tmp_path):

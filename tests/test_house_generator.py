@@ -13,6 +13,7 @@ from generator.backends.house import HouseGenerator, build_house_generator
 from generator.house import BANK_PATH, PACKAGE_DIR, SAMPLES_PATH, WEIGHTS_PATH
 from generator.interface import GeneratorSpecError, digest_file
 from generator.registry import build_generator
+from tests.tolerances import between_two_runs, reduction_lengths
 
 MAX_SHIPPED_BYTES = 20 * 1024 * 1024
 
@@ -47,8 +48,10 @@ def test_generate_shape_range_and_determinism(house):
     assert images.shape == (5, 3, 64, 64) and images.dtype == torch.float32
     assert images.min() >= -1 and images.max() <= 1
     assert torch.equal(images, again)
-    # eval-mode batch norm: an image does not depend on the rest of its batch
-    torch.testing.assert_close(alone[0], images[2], atol=1e-5, rtol=0)
+    # eval-mode batch norm: an image does not depend on the rest of its batch, up to the rounding
+    # of kernels chosen by batch size
+    torch.testing.assert_close(alone[0], images[2], atol=between_two_runs(*reduction_lengths(house.generator_net)),
+                               rtol=0)
     assert images.std(dim=0).mean() > 0.05, "different latents must give different images"
 
 
