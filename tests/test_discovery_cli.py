@@ -12,7 +12,7 @@ from generator.backends.testing import ShapesGenerator
 from generator.direction import DirectionError, load_direction
 from generator.discovery.cli import main
 
-GENERATOR = {"name": "testing", "options": {"resolution": 16, "mixing_seed": 1}}
+GENERATOR = {"name": "testing", "options": {"resolution": 16, "mixing_seed": 5}}  # a seed whose tiny run scores above 0
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,13 +25,14 @@ TINY = {
                          "reconstructor_input_size": 16, "reconstructor_depth": 2, "checkpoint_every": 2},
     "single_direction": {"steps": 4, "batch_size": 4},
     "scoring": {"batch_size": 8, "sheet_candidates": 2, "sheet_samples": 2},
+    "refine": {"steps": 3, "batch_size": 4},
 }
 
 
-def write_params(tmp_path, **changes):
+def write_params(tmp_path, generator=GENERATOR, **changes):
     discover = {**TINY, "checkpoint_dir": str(tmp_path / "checkpoints"), **changes}
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"generator": GENERATOR, "discover": discover}))
+    path.write_text(yaml.safe_dump({"generator": generator, "discover": discover}))
     return path
 
 
@@ -55,7 +56,12 @@ def test_writes_every_output_and_a_direction_bound_to_its_generator(tmp_path):
     assert {"total", "pass_rate", "in_range_rate", "border", "coherence"} <= set(scores["candidates"][0])
     candidates = np.load(out / "candidates.npy", allow_pickle=False)
     assert candidates.shape == (16, 3) and candidates.dtype == np.float32
-    assert np.allclose(direction.sign * candidates[:, direction.index], direction.vector, atol=1e-6)
+    chosen = direction.sign * candidates[:, direction.index]
+    refinement = direction.extra["refinement"]
+    if refinement["refined"]:  # the saved vector is the refined one, at the recorded cosine from the choice
+        assert np.dot(chosen, direction.vector) == pytest.approx(refinement["cosine_to_chosen"], abs=1e-5)
+    else:
+        assert np.allclose(chosen, direction.vector, atol=1e-6)
     assert Image.open(out / "contact_sheet.png").format == "PNG"
     assert (out / "history.csv").read_text().splitlines()[0] == "step,accuracy,index_loss,loss,shift_loss"
     assert json.loads((out / "metrics.json").read_text())["steps_run"] == 4
@@ -129,3 +135,59 @@ def test_help_explains_every_option():
     for option in ("--params", "--out", "--method", "--steps", "--directions", "--seed", "--magnitude", "--index",
                    "--sign", "--automatic", "--checkpoint-dir", "--no-checkpoint", "--device", "--quiet"):
         assert option in result.output
+
+
+def test_direction_file_records_the_refinement(tmp_path):
+    out = tmp_path / "directions"
+    result = invoke("--params", str(write_params(tmp_path)), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    record = load_direction(out / "direction.json").extra["refinement"]
+    assert set(record) == {"refined", "reason", "steps", "cosine_to_chosen", "score_before", "score_after",
+                           "mask_quality_before", "mask_quality_after"}
+    assert record["steps"] == 3 and record["score_before"] == json.loads((out / "scores.json").read_text())[
+        "chosen"]["total"]
+    assert "refinement:" in result.output
+
+
+def test_no_refine_saves_the_chosen_candidate_as_it_is(tmp_path):
+    out = tmp_path / "directions"
+    result = invoke("--params", str(write_params(tmp_path)), "--out", str(out), "--no-refine")
+    assert result.exit_code == 0, result.output
+    direction = load_direction(out / "direction.json")
+    assert direction.extra["refinement"]["refined"] is False and "off" in direction.extra["refinement"]["reason"]
+    candidates = np.load(out / "candidates.npy")
+    assert np.allclose(direction.sign * candidates[:, direction.index], direction.vector, atol=1e-6)
+
+
+# mixing seed 1: no candidate of the tiny run makes a plausible mask
+HOPELESS = {"name": "testing", "options": {"resolution": 16, "mixing_seed": 1}}
+
+
+def test_no_plausible_candidate_stops_with_what_rejected_them(tmp_path):
+    out = tmp_path / "directions"
+    result = CliRunner().invoke(main, ["--params", str(write_params(tmp_path, generator=HOPELESS)), "--out", str(out),
+                                       "--quiet"])
+    assert result.exit_code != 0
+    message = " ".join(result.output.split())
+    assert "no direction makes plausible saliency masks" in message and "scores 0.000" in message
+    assert "size" in message and "histogram" in message and "[0.05, 0.5]" in message
+    assert "discover.method" in message and "discover.override" in message
+    assert (out / "scores.json").is_file() and (out / "contact_sheet.png").is_file()
+    assert not (out / "direction.json").exists()
+    assert json.loads((out / "scores.json").read_text())["chosen"]["total"] == 0
+
+
+def test_a_floor_above_the_best_score_stops_the_stage(tmp_path):
+    result = CliRunner().invoke(main, ["--params", str(write_params(tmp_path, min_score=0.99)),
+                                       "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code != 0 and "not above discover.min_score 0.99" in " ".join(result.output.split())
+
+
+def test_an_override_below_the_floor_is_kept_with_a_warning(tmp_path):
+    out = tmp_path / "directions"
+    params = write_params(tmp_path, generator=HOPELESS, override={"index": 1, "sign": -1})
+    result = CliRunner().invoke(main, ["--params", str(params), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "warning: the override is kept" in result.output
+    direction = load_direction(out / "direction.json")
+    assert (direction.index, direction.sign, direction.chosen_by) == (1, -1, "override")

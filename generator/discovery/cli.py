@@ -34,12 +34,19 @@ from generator.registry import build_generator
 @click.option("--checkpoint-dir", default=None,
               help="Folder of the resumable checkpoints (default: discover.checkpoint_dir).")
 @click.option("--no-checkpoint", is_flag=True, help="Neither resume from nor write checkpoints.")
+@click.option("--no-refine", is_flag=True,
+              help="Save the chosen direction as it is, without refinement (discover.refine.enabled: false).")
 @click.option("--device", default=None, help="Torch device for the generator and the networks, e.g. cpu or cuda.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(params_path, output, method, steps, directions, seed, magnitude, index, sign, automatic, checkpoint_dir,
-         no_checkpoint, device, quiet) -> None:
+         no_checkpoint, no_refine, device, quiet) -> None:
     """Learn candidate latent directions, score every candidate and sign by the saliency masks it
     makes, and save the best as h_bg (or the one named by an override).
+
+    The chosen direction is then refined (discover.refine): polished so its shift lights the
+    object without moving it, and kept only when it stays close to the choice and scores at least
+    as well.  When no candidate scores above discover.min_score the command stops with an error
+    (an override is kept, with a warning).
 
     Scores are written for every candidate so the choice can be audited; the contact sheet shows
     images, shifted images and masks of the best candidates with both signs.  A long run saves
@@ -56,6 +63,8 @@ def main(params_path, output, method, steps, directions, seed, magnitude, index,
         config = apply_options(config, method=method, steps=steps, directions=directions, seed=seed,
                                magnitude=magnitude, index=index, sign=sign, automatic=automatic,
                                checkpoint_dir=checkpoint_dir, no_checkpoint=no_checkpoint, device=device)
+        if no_refine:
+            config = config.with_changes(**{"refine.enabled": False})
         if "generator" not in params:
             raise ConfigError(f"{params_path} has no `generator` section")
         if config.threads is not None:
@@ -69,13 +78,13 @@ def main(params_path, output, method, steps, directions, seed, magnitude, index,
     except (ConfigError, GeneratorSpecError, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     choice, run = outcome.choice, outcome.discovery.outcome
-    if choice.chosen_by == "automatic" and choice.score.total == 0:
-        click.echo("warning: no candidate made a plausible mask on the scoring batch; look at the contact sheet "
-                   "and consider more steps or an override", err=True)
+    if outcome.warning:
+        click.echo(f"warning: {outcome.warning}", err=True)
     speed = f", {run.steps_per_second:.1f} steps/s" if run.steps_run else " (all steps from the checkpoint)"
     click.echo(f"{outcome.discovery.method}: {run.steps_run} steps in {run.seconds:.1f} s{speed}")
     click.echo(f"h_bg = direction {choice.index}, sign {choice.sign:+d} ({choice.chosen_by}), "
                f"score {choice.score.total:.3f}, magnitude {config.magnitude:g}, for {generator.identity}")
+    click.echo(f"refinement: {outcome.refinement.reason}")
     click.echo(f"wrote {', '.join(str(path) for path in outcome.files.values())}")
 
 

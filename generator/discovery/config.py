@@ -8,9 +8,11 @@
       threads: null                   # torch CPU threads (null: torch's default)
       checkpoint_dir: data/discover/checkpoints
       override: null                  # or {index: 3, sign: -1} to skip the automatic choice
+      min_score: 0.0                  # the best score must exceed this, or the stage stops
       latent_discovery: {...}         # LatentDiscoveryConfig
       single_direction: {...}         # SingleDirectionConfig
       scoring: {...}                  # ScoringConfig
+      refine: {...}                   # RefineConfig
 
 Every field below is a key of its subsection; unknown keys are errors, so a typo never
 silently falls back to a default.
@@ -119,6 +121,31 @@ class ScoringConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """Polishing the chosen direction after the choice (see refinement.py)."""
+
+    enabled: bool = True
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 1e-2                     # Adam on the direction
+    radius_mean: float = 2.0             # r ~ N(radius_mean, radius_std), clipped at radius_min
+    radius_std: float = 0.5
+    radius_min: float = 0.1
+    edge_weight: float = 3.0             # weight of 1 - cos(edge maps) against the contrast term
+    min_cosine: float = 0.5              # keep the refined direction only this close to the chosen one
+    score_tolerance: float = 0.1         # ... and its masks' quality no more than this below (refinement.py)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"discover.refine.enabled must be true or false, got {self.enabled!r}")
+        _positive(self, "steps", "batch_size", "lr", "radius_min")
+        if self.radius_std < 0 or self.edge_weight < 0 or self.score_tolerance < 0:
+            raise ConfigError("discover.refine.radius_std, edge_weight and score_tolerance must not be negative")
+        if not -1 <= self.min_cosine <= 1:
+            raise ConfigError(f"discover.refine.min_cosine must lie in [-1, 1], got {self.min_cosine}")
+
+
+@dataclass(frozen=True)
 class Override:
     """A person's choice of direction, replacing the automatic one."""
 
@@ -141,9 +168,11 @@ class DiscoverConfig:
     threads: int | None = None           # torch CPU threads; None: torch's default
     checkpoint_dir: str | None = "data/discover/checkpoints"
     override: Override | None = None
+    min_score: float = 0.0               # an automatic choice must score above this
     latent_discovery: LatentDiscoveryConfig = field(default_factory=LatentDiscoveryConfig)
     single_direction: SingleDirectionConfig = field(default_factory=SingleDirectionConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -152,6 +181,8 @@ class DiscoverConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ConfigError(f"discover.threads must be a positive integer or null, got {self.threads!r}")
+        if not 0 <= self.min_score < 1:
+            raise ConfigError(f"discover.min_score must lie in [0, 1) (scores do), got {self.min_score}")
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> "DiscoverConfig":
@@ -160,7 +191,7 @@ class DiscoverConfig:
             raise ConfigError(f"discover must be a mapping, got {type(section).__name__}")
         section = dict(section or {})
         nested = {"latent_discovery": LatentDiscoveryConfig, "single_direction": SingleDirectionConfig,
-                  "scoring": ScoringConfig}
+                  "scoring": ScoringConfig, "refine": RefineConfig}
         for key, kind in nested.items():
             if key in section:
                 section[key] = _build(kind, section[key], f"discover.{key}")
@@ -218,7 +249,8 @@ def _build(kind: type, values: Any, where: str) -> Any:
 
 _SECTION_NAMES = {"LatentDiscoveryConfig": "discover.latent_discovery",
                   "SingleDirectionConfig": "discover.single_direction",
-                  "ScoringConfig": "discover.scoring", "DiscoverConfig": "discover"}
+                  "ScoringConfig": "discover.scoring", "RefineConfig": "discover.refine",
+                  "DiscoverConfig": "discover"}
 
 
 def _positive(config: Any, *names: str) -> None:

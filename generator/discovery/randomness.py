@@ -14,7 +14,7 @@ import torch
 
 from generator.interface import Generator
 
-STREAMS = {"init": 0, "train": 1, "score": 2}
+STREAMS = {"init": 0, "train": 1, "score": 2, "refine": 3}
 
 
 def step_rng(seed: int, stream: str, step: int = 0) -> torch.Generator:

@@ -16,7 +16,12 @@ the synthesis filters then judge and edit.  Per sample:
 
 The total is the expected quality of one mask from this candidate: a candidate wins only where
 its masks are kept by the filters, have a plausible size, stay off the border and are one piece.
-scores.json lists every candidate with the batch means of the four components and the total.
+scores.json lists every candidate with the batch means of the four components and the total, and
+
+    mask_quality = mean_i in_range_i * (1 - border_i) * coherence_i
+
+the same judgement of the masks alone, whether or not the histogram filter keeps their images:
+refinement is held to it (see refinement.py).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class CandidateScore:
     coherence: float
     foreground_fraction: float
     rejected_by: dict[str, int] = field(default_factory=dict)
+    mask_quality: float = 0.0
 
     def to_json(self) -> dict:
         return {key: round(value, 6) if isinstance(value, float) else value for key, value in asdict(self).items()}
@@ -118,11 +124,12 @@ def score_rendered(rendered: Rendered, index: int, sign: int, config: ScoringCon
     in_range = ((fraction >= config.foreground_min) & (fraction <= config.foreground_max)).astype(np.float64)
     border = border_coverage(result.masks, config.border_width)
     coherence = largest_component_share(rendered.masks.numpy(), filters.connectivity)
-    quality = passed * in_range * (1.0 - border) * coherence
+    mask_quality = in_range * (1.0 - border) * coherence
+    quality = passed * mask_quality
     return CandidateScore(index=index, sign=sign, total=float(quality.mean()), pass_rate=float(passed.mean()),
                           in_range_rate=float(in_range.mean()), border=float(border.mean()),
                           coherence=float(coherence.mean()), foreground_fraction=float(fraction.mean()),
-                          rejected_by=dict(result.rejected_by))
+                          rejected_by=dict(result.rejected_by), mask_quality=float(mask_quality.mean()))
 
 
 def score_candidates(generator: Generator, candidates: torch.Tensor, magnitude: float, config: ScoringConfig,

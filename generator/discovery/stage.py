@@ -17,13 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from generator.direction import Direction, save_direction
 from generator.discovery.config import DiscoverConfig
 from generator.discovery.contact_sheet import make_contact_sheet, png_bytes
 from generator.discovery.latent_discovery import DiscoveryResult, discover_latent_directions
+from generator.discovery.refinement import RefinementOutcome, refine_direction
 from generator.discovery.scoring import SCORE_FORMULA, CandidateScore, score_candidates
-from generator.discovery.selection import Choice, check_override, choose_direction
+from generator.discovery.selection import Choice, check_override, check_plausible, choose_direction
 from generator.discovery.single_direction import discover_single_direction
 from generator.files import atomic_write_bytes, atomic_write_json
 from generator.interface import Generator
@@ -39,7 +41,9 @@ class StageOutcome:
     choice: Choice
     scores: list[CandidateScore]
     discovery: DiscoveryResult
+    refinement: RefinementOutcome
     files: dict[str, Path]
+    warning: str | None = None
 
 
 def discover(generator: Generator, config: DiscoverConfig, progress: bool = True) -> DiscoveryResult:
@@ -51,7 +55,10 @@ def discover(generator: Generator, config: DiscoverConfig, progress: bool = True
 
 
 def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, progress: bool = True) -> StageOutcome:
-    """Discovery, scoring, choice and every output file."""
+    """Discovery, scoring, choice, refinement and every output file.
+
+    When no candidate scores above `discover.min_score`, the scores and the contact sheet are
+    still written, then `NoPlausibleDirection` is raised and no direction file is saved."""
     output = Path(output)
     # refuse a bad override before the long part, not after it
     check_override(config.override, config.latent_discovery.directions if config.method == "latent-discovery" else 1)
@@ -59,11 +66,6 @@ def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, 
     candidates = result.candidates
     scores = score_candidates(generator, candidates, config.magnitude, config.scoring, config.seed, progress)
     choice = choose_direction(scores, candidates.shape[1], config.override)
-    direction = Direction.from_vector(
-        choice.sign * candidates[:, choice.index], generator.identity, magnitude=config.magnitude,
-        method=result.method, index=choice.index, sign=choice.sign, chosen_by=choice.chosen_by,
-        extra={"score": choice.score.to_json(), "candidates": int(candidates.shape[1]),
-               "steps": steps_of(config), "seed": config.seed})
     files = {name: output / name for name in
              ("direction.json", "scores.json", "contact_sheet.png", "candidates.npy", "history.csv", "metrics.json")}
     output.mkdir(parents=True, exist_ok=True)
@@ -73,10 +75,49 @@ def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, 
     np.save(buffer, candidates.numpy().astype(np.float32), allow_pickle=False)
     atomic_write_bytes(files["candidates.npy"], buffer.getvalue())
     atomic_write_bytes(files["history.csv"], history_csv(result).encode())
-    atomic_write_json(files["scores.json"], scores_record(generator, config, result, scores, choice))
-    atomic_write_json(files["metrics.json"], metrics_record(result, choice))
+    try:
+        warning = check_plausible(choice, scores, config.min_score, config.scoring)
+    except ValueError:
+        atomic_write_json(files["scores.json"], scores_record(generator, config, result, scores, choice, None))
+        raise
+    refinement = refine_chosen(generator, choice.sign * candidates[:, choice.index], choice, config, progress)
+    direction = Direction.from_vector(
+        refinement.vector, generator.identity, magnitude=config.magnitude,
+        method=result.method, index=choice.index, sign=choice.sign, chosen_by=choice.chosen_by,
+        extra={"score": choice.score.to_json(), "candidates": int(candidates.shape[1]),
+               "steps": steps_of(config), "seed": config.seed, "refinement": refinement.to_json()})
+    atomic_write_json(files["scores.json"], scores_record(generator, config, result, scores, choice, refinement))
+    atomic_write_json(files["metrics.json"], metrics_record(result, choice, refinement))
     save_direction(direction, files["direction.json"])  # last: its presence means the stage finished
-    return StageOutcome(direction, choice, scores, result, files)
+    return StageOutcome(direction, choice, scores, result, refinement, files, warning)
+
+
+def refine_chosen(generator: Generator, chosen: torch.Tensor, choice: Choice, config: DiscoverConfig,
+                  progress: bool = True) -> RefinementOutcome:
+    """Refine the chosen (signed) direction, then keep the result only when it stays within
+    `refine.min_cosine` of the choice and its masks' quality drops by no more than
+    `refine.score_tolerance` (see refinement.py)."""
+    before = choice.score
+    settings = config.refine
+    if not settings.enabled:
+        return RefinementOutcome(chosen, False, "refinement is off (discover.refine.enabled)", None, before.total,
+                                 None, 0, before.mask_quality, None)
+    refined = refine_direction(generator, chosen, settings, config.seed, progress)
+    cosine = float(torch.dot(refined, chosen / chosen.norm()))
+    (after,) = [score for score in score_candidates(generator, refined[:, None], config.magnitude, config.scoring,
+                                                    config.seed, progress=False) if score.sign == 1]
+    figures = (cosine, before.total, after.total, settings.steps, before.mask_quality, after.mask_quality)
+    if cosine < settings.min_cosine:
+        reason = f"kept the chosen direction: refinement moved it to cosine {cosine:.3f} < min_cosine " \
+                 f"{settings.min_cosine:g}"
+        return RefinementOutcome(chosen, False, reason, *figures)
+    if after.mask_quality < before.mask_quality - settings.score_tolerance:
+        reason = f"kept the chosen direction: the refined one's masks scored lower (mask quality " \
+                 f"{after.mask_quality:.3f} < {before.mask_quality:.3f} - score_tolerance {settings.score_tolerance:g})"
+        return RefinementOutcome(chosen, False, reason, *figures)
+    reason = f"refined: cosine {cosine:.3f} to the chosen direction, mask quality {before.mask_quality:.3f} -> " \
+             f"{after.mask_quality:.3f}, score {before.total:.3f} -> {after.total:.3f}"
+    return RefinementOutcome(refined, True, reason, *figures)
 
 
 def steps_of(config: DiscoverConfig) -> int:
@@ -84,7 +125,7 @@ def steps_of(config: DiscoverConfig) -> int:
 
 
 def scores_record(generator: Generator, config: DiscoverConfig, result: DiscoveryResult,
-                  scores: list[CandidateScore], choice: Choice) -> dict:
+                  scores: list[CandidateScore], choice: Choice, refinement: RefinementOutcome | None) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "generator": generator.identity,
@@ -95,15 +136,20 @@ def scores_record(generator: Generator, config: DiscoverConfig, result: Discover
         "scoring": asdict(config.scoring),
         "chosen": {"index": choice.index, "sign": choice.sign, "chosen_by": choice.chosen_by,
                    "total": round(choice.score.total, 6)},
+        "min_score": config.min_score,
+        "refinement": None if refinement is None else refinement.to_json(),
         "candidates": [score.to_json() for score in scores],
     }
 
 
-def metrics_record(result: DiscoveryResult, choice: Choice) -> dict:
+def metrics_record(result: DiscoveryResult, choice: Choice, refinement: RefinementOutcome) -> dict:
     outcome = result.outcome
     return {
         "method": result.method, "index": choice.index, "sign": choice.sign, "chosen_by": choice.chosen_by,
-        "score": round(choice.score.total, 6), "steps_run": outcome.steps_run, "resumed_from": outcome.resumed_from,
+        "score": round(choice.score.total, 6), "refined": refinement.refined,
+        "refined_score": None if refinement.score_after is None else round(refinement.score_after, 6),
+        "refined_cosine": None if refinement.cosine_to_chosen is None else round(refinement.cosine_to_chosen, 6),
+        "steps_run": outcome.steps_run, "resumed_from": outcome.resumed_from,
         "seconds": round(outcome.seconds, 3),
         "steps_per_second": round(outcome.steps_per_second, 3) if outcome.steps_run else None,
         **{f"final_{key}": round(value, 6) for key, value in result.final_metrics.items()},
