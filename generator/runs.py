@@ -23,6 +23,7 @@ Atomic writes (unique temporary names, then a rename) live in generator/files.py
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -34,8 +35,6 @@ from typing import Any
 
 import torch
 
-from generator.interface import digest_bytes
-
 LOCK_NAME = ".run.lock"
 
 
@@ -43,7 +42,7 @@ LOCK_NAME = ".run.lock"
 
 def record_digest(record: Mapping[str, Any]) -> str:
     """A short, stable digest of a run record (sorted keys, so the order of entries does not count)."""
-    return digest_bytes(json.dumps(record, sort_keys=True, default=str).encode())
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _flatten(record: Any, prefix: str = "") -> dict[str, Any]:
@@ -201,4 +200,4 @@ def resolve_device(spec: str | None, local_rank: int | None = None) -> torch.dev
         if index >= torch.cuda.device_count():
             raise ValueError(f"device {spec!r}: this machine has {torch.cuda.device_count()} GPU(s)")
         return torch.device("cuda", index)
-    raise ValueError(f"unknown device {spec!r}; spell it {DEVICE_SPELLINGS}")
+    raise ValueError(f"{spec!r} is not a device; spell it {DEVICE_SPELLINGS}")

@@ -8,6 +8,7 @@ through a DVC remote into a fresh clone where the README's plain-webdataset snip
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -117,6 +118,14 @@ def test_repro_runs_every_stage_and_writes_metrics(project, first_repro):
     manifest = json.loads((project / "data" / "shards" / "manifest.json").read_text())
     assert sum(shard["samples"] for shard in manifest["shards"]) == 24
     assert (project / "data" / "model" / "unet.pt").is_file()
+    # The report names what made the model it scored: generator, shard set and direction.
+    model = json.loads((project / "data" / "eval" / "report.json").read_text())["predictors"][0]
+    direction = json.loads((project / "data" / "directions" / "direction.json").read_text())
+    assert model["generator"] == manifest["generator"]["identity"]
+    assert model["shards"]["config_digest"] == manifest["config_digest"]
+    assert model["shards"]["manifest_sha256"] == \
+        hashlib.sha256((project / "data" / "shards" / "manifest.json").read_bytes()).hexdigest()[:16]
+    assert model["direction"]["digest"] == manifest["direction"]["digest"] == direction["digest"]
 
 
 def test_second_repro_does_nothing(project, first_repro):
