@@ -147,3 +147,11 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_message(project, tmp_
     with pytest.raises(WorkerFailed, match="could not start: RuntimeError: generator built as testing@"):
         run_shards(job, [(0, 10), (1, 10), (2, 10)], workers=2)
     assert time.monotonic() - started < 60
+
+
+def test_an_edited_renderer_is_another_run(project, monkeypatch):
+    run()
+    import generator.synth.main as synth_main
+    monkeypatch.setattr(synth_main, "code_digest", lambda: "edited")
+    failed = run("--n", 60, expect=1)
+    assert "code: " in failed.output and '-> "edited"' in " ".join(failed.output.split())

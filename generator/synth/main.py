@@ -25,7 +25,8 @@ from generator.registry import build_generator
 from generator.synth import folder as output_folder
 from generator.runs import FolderLocked, RecordMismatch, resolve_device
 from generator.synth.distributor import WorkerFailed, run_shards
-from generator.synth.manifest import MANIFEST_NAME, build_manifest, config_digest, run_record, write_manifest
+from generator.synth.manifest import (MANIFEST_NAME, build_manifest, code_digest, config_digest, run_record,
+                                     write_manifest)
 from generator.synth.samplers import LatentBankError, load_latent_bank
 from generator.synth.settings import SAMPLERS, SynthSettings
 from generator.synth.worker import CandidateBudgetExceeded, RenderJob
@@ -63,6 +64,7 @@ def describe_run(settings: SynthSettings, generator: Generator, spec: dict[str, 
         "parameters": settings.data_parameters(),
         "members": members,
         "image_size": generator.resolution,
+        "code": code_digest(),
     }
 
 

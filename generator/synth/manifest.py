@@ -5,7 +5,7 @@
      "direction": {"digest", "path", "magnitude", "method", "index", "sign", "chosen_by", "found_for"},
      "latents": {"sampler", "alpha", "bank": {"path", "digest", "count"} or null},
      "parameters": {n, shard_size, seed, ..., "filters": {...}},
-     "members": ["jpg", "mask.png", "json"], "image_size": 128,
+     "members": ["jpg", "mask.png", "json"], "image_size": 128, "code": "digest of the rendering modules",
      "totals": {"samples", "candidates", "acceptance_rate", "rejected_by": {...}},
      "shards": [{"shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256"}]}
 
@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from generator.interface import digest_bytes
 from generator.runs import record_digest
 from generator.synth.writer import ShardStats, write_json_atomic
 
@@ -36,6 +37,15 @@ class ManifestError(ValueError):
 
 #: Settings that change no finished shard's bytes: a rerun with other values resumes.
 RESUMABLE_PARAMETERS = ("n", "max_candidates_per_sample")
+#: The modules whose code decides a shard's bytes; their digest is part of the run record, so
+#: finished shards are never mixed with shards an edited renderer makes.
+RENDERING_MODULES = ("worker", "writer", "filters", "masks", "samplers", "settings")
+
+
+def code_digest() -> str:
+    """Digest of the rendering modules' source."""
+    folder = Path(__file__).parent
+    return digest_bytes(*((folder / f"{name}.py").read_bytes() for name in RENDERING_MODULES))
 
 
 def run_record(description: dict[str, Any]) -> dict[str, Any]:
