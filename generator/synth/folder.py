@@ -15,7 +15,7 @@ from pathlib import Path
 
 from generator.runs import LOCK_NAME, OutputLock, may_resume
 from generator.synth.manifest import MANIFEST_NAME
-from generator.synth.writer import STATS_SUFFIX, TEMP_SUFFIX, ShardStats, shard_name, stats_name
+from generator.synth.writer import STATS_SUFFIX, TEMP_SUFFIX, ShardStats, shard_name
 
 # Final names, and the unique hidden temporary names of generator/files.py (`.NAME.XXXX.tmp`).
 _OURS = re.compile(r"^\.?(synth-\d{6}\.tar|synth-\d{6}" + re.escape(STATS_SUFFIX) + "|"
@@ -57,15 +57,15 @@ def holds_nothing(folder: Path) -> bool:
     return not any(entry.name != LOCK_NAME for entry in folder.iterdir())
 
 
-def prepare(folder: Path, resume: bool, overwrite: bool) -> bool:
-    """Make the folder usable for a run; return True when this call created it.
+def prepare(folder: Path, resume: bool, overwrite: bool) -> None:
+    """Make a locked folder (`lock_folder`) usable for a run.
 
     A folder with files in it needs resume (keep complete shards made with the same settings) or
     overwrite (delete gen-synth's files first); files gen-synth did not write are never touched.
-    The caller holds the folder's lock; call `check_writable` first.
+    Leftover temporary files are removed: under the lock they are certainly a dead run's.
     """
     if holds_nothing(folder):
-        return False
+        return
     foreign = foreign_files(folder)
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
@@ -77,7 +77,6 @@ def prepare(folder: Path, resume: bool, overwrite: bool) -> bool:
         raise FolderError(f"output folder {folder} already holds shards; pass --resume to finish an "
                           f"interrupted run with the same parameters, or --overwrite to replace them")
     remove_temporary(folder)
-    return False
 
 
 def lock_folder(folder: Path) -> tuple[OutputLock, bool]:

@@ -15,15 +15,14 @@ from typing import Any
 
 import click
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from generator.direction import DirectionError, load_direction
 from generator.interface import Generator, GeneratorSpecError, digest_file
 from generator.params import load_params
 from generator.registry import build_generator
-from generator.synth import folder as output_folder
 from generator.runs import FolderLocked, RecordMismatch, resolve_device
+from generator.synth import folder as output_folder
 from generator.synth.distributor import WorkerFailed, run_shards
 from generator.synth.manifest import (MANIFEST_NAME, build_manifest, code_digest, config_digest, run_record,
                                      write_manifest)
