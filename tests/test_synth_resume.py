@@ -155,3 +155,14 @@ def test_an_edited_renderer_is_another_run(project, monkeypatch):
     monkeypatch.setattr(synth_main, "code_digest", lambda: "edited")
     failed = run("--n", 60, expect=1)
     assert "code: " in failed.output and '-> "edited"' in " ".join(failed.output.split())
+
+
+def test_a_smaller_n_is_refused_unless_a_finished_set_may_be_replaced(project):
+    run()                                                          # 45 samples: shards of 20, 20 and 5
+    failed = run("--n", 25, expect=1)
+    assert "does not plan (synth-000002.tar" in " ".join(failed.output.split())
+    result = run("--n", 25, "--replace-finished")
+    assert "(1 already complete)" in result.output
+    assert sorted(p.name for p in (project / "shards").glob("synth-*.tar")) == ["synth-000000.tar",
+                                                                                 "synth-000001.tar"]
+    assert read_manifest(project / "shards")["totals"]["samples"] == 25
