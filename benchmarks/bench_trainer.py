@@ -119,7 +119,7 @@ def main() -> None:
             urls = split_holdout(resolve_shards(args.shards), demo.holdout_shards)[0]
         else:
             write_shards(Path(scratch), shards=8, per_shard=300, size=64)
-            urls = resolve_shards(scratch)
+            urls = resolve_shards(scratch, manifest=False)   # its own shards, written without a manifest
         size = demo.input_size or probe_image_size(urls[0])
         rows = []
         loader = loader_rate(urls, args.workers, demo.batch_size, args.batches)

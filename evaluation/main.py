@@ -24,6 +24,7 @@ from evaluation.predictors import CentrePrior, UNetPredictor
 from evaluation.report import write_outputs
 from generator.image_io import UnreadableImageError
 from generator.params import load_params
+from generator.runs import resolve_device
 
 DEFAULTS: dict[str, Any] = {
     "model": "data/model",
@@ -139,7 +140,7 @@ def _print_table(results: list[BenchmarkResult]) -> None:
 @click.option("--download/--no-download", default=None,
               help="Fetch missing benchmarks from their official addresses, checking checksums (needs network).")
 @click.option("--output", type=click.Path(file_okay=False), default=None, help="Output folder (default data/eval).")
-@click.option("--device", default=None, help="Torch device for the model (cpu, cuda).")
+@click.option("--device", default=None, help="Torch device for the model: auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads on the CPU (default 1: images are decoded in a second thread meanwhile).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -161,8 +162,10 @@ def main(params_path: str, quiet: bool, **options: Any) -> None:
         specs = _benchmark_specs(settings)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
-    if str(settings["device"]).startswith("cuda") and not torch.cuda.is_available():
-        raise click.ClickException("device cuda requested but no CUDA device is available")
+    try:
+        settings["device"] = str(resolve_device(settings["device"]))
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
     torch.set_num_threads(int(settings["threads"]))
     predictors = _predictors(settings)
     output = Path(settings["output"])

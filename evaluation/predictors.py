@@ -79,7 +79,14 @@ class UNetPredictor:
         return torch.sigmoid(logits[:, 0].float()).cpu()
 
     def describe(self) -> dict:
-        keys = ("architecture", "base_channels", "depth", "bilinear", "input_size", "steps", "generator",
-                "data_manifest")
+        """The model and what made it: the generator, the shard set and the direction behind its data
+        (the `provenance` train-unet copies from the shards' manifest.json)."""
+        keys = ("architecture", "base_channels", "depth", "bilinear", "input_size", "steps")
+        provenance = self.config.get("provenance")
+        provenance = provenance if isinstance(provenance, dict) else {}
         return {"name": self.name, "kind": "U-Net", "folder": self.folder,
-                **{key: self.config[key] for key in keys if key in self.config}}
+                **{key: self.config[key] for key in keys if key in self.config},
+                "generator": provenance.get("generator"),
+                "shards": {"manifest_sha256": provenance.get("manifest_sha256"),
+                           "config_digest": provenance.get("shards_config_digest")},
+                "direction": provenance.get("direction")}

@@ -1,6 +1,10 @@
 """Atomic file writes: a temporary file in the same folder, then a rename, so a crash never leaves
 a file under its final name that looks complete but is not.  The file gets the permissions a plain
-`open()` would give it (mkstemp's are private), so outputs can be shared."""
+`open()` would give it (mkstemp's are private), so outputs can be shared.
+
+Temporary names are unique (`.NAME.XXXXXXXX.tmp`), so two writers of one folder never write into
+each other's temporary file.  Removing leftovers is the job of a run that holds the folder's lock
+(generator/runs.py), since only then are they certainly a dead run's."""
 
 from __future__ import annotations
 
@@ -20,19 +24,29 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_beside(path: str | Path) -> Path:
+    """A new, empty file with a unique hidden name beside `path` (same folder: the rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    os.close(handle)
+    os.chmod(temporary, 0o666 & ~_UMASK)
+    return Path(temporary)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    temporary = temporary_beside(path)
     try:
-        with os.fdopen(handle, "wb") as f:
+        with open(temporary, "wb") as f:
             f.write(data)
-        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-
 
 
 def atomic_write_json(path: str | Path, record: Any) -> None:

@@ -8,12 +8,15 @@ through a DVC remote into a fresh clone where the README's plain-webdataset snip
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,15 +82,14 @@ def make_images(folder: Path, count: int, with_masks: bool = False) -> None:
             Image.fromarray(mask).save(folder / "ground_truth_mask" / f"{i:04d}.png")
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline") / "project"
+def make_project(root: Path, **sections) -> Path:
+    """A scratch copy of the project with TINY_PARAMS (and `sections` merged over them), under git and DVC."""
     root.mkdir()
     for name in CODE:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ["dvc.yaml", ".dvcignore", "README.md"]:
         shutil.copy(REPO / name, root / name)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS), sections)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     make_images(root / "photos", 6)
     make_images(root / "benchmarks" / "ECSSD", 4, with_masks=True)
@@ -97,6 +99,11 @@ def project(tmp_path_factory) -> Path:
     run(["git", "config", "user.name", "pipeline test"], root)
     run(["dvc", "init", "-q"], root)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return make_project(tmp_path_factory.mktemp("pipeline") / "project")
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +118,23 @@ def test_repro_runs_every_stage_and_writes_metrics(project, first_repro):
     manifest = json.loads((project / "data" / "shards" / "manifest.json").read_text())
     assert sum(shard["samples"] for shard in manifest["shards"]) == 24
     assert (project / "data" / "model" / "unet.pt").is_file()
+    # The report names what made the model it scored: generator, shard set and direction.
+    model = json.loads((project / "data" / "eval" / "report.json").read_text())["predictors"][0]
+    direction = json.loads((project / "data" / "directions" / "direction.json").read_text())
+    assert model["generator"] == manifest["generator"]["identity"]
+    assert model["shards"]["config_digest"] == manifest["config_digest"]
+    assert model["shards"]["manifest_sha256"] == \
+        hashlib.sha256((project / "data" / "shards" / "manifest.json").read_bytes()).hexdigest()[:16]
+    assert model["direction"]["digest"] == manifest["direction"]["digest"] == direction["digest"]
 
 
 def test_second_repro_does_nothing(project, first_repro):
+    assert stages_run(run(["dvc", "repro"], project)) == set()
+
+
+def test_editing_code_synthesis_does_not_import_reruns_nothing(project, first_repro):
+    preview = project / "generator" / "synth" / "preview.py"
+    preview.write_text(preview.read_text() + "\n# an edit\n")
     assert stages_run(run(["dvc", "repro"], project)) == set()
 
 
@@ -122,6 +143,36 @@ def test_changing_alpha_reruns_only_synthesize_train_evaluate(project, first_rep
     params["synth"]["alpha"] = 0.3
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert stages_run(run(["dvc", "repro"], project)) == {"synthesize", "train", "evaluate"}
+
+
+def test_repro_killed_in_synthesize_resumes_without_remaking_finished_shards(tmp_path):
+    # 40 samples in 10 shards, one candidate per generator call: slow enough to stop half-way.
+    root = make_project(tmp_path / "project", synth={"n": 40, "shard_size": 4, "batch_size": 1})
+    run(["dvc", "repro", "discover"], root)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=str(root), DVC_NO_ANALYTICS="1")
+    log = open(tmp_path / "killed.log", "w")
+    process = subprocess.Popen(["dvc", "repro", "synthesize"], cwd=root, env=env, start_new_session=True,
+                               stdout=log, stderr=subprocess.STDOUT)
+    shards = root / "data" / "shards"
+    deadline = time.monotonic() + 120
+    while len(list(shards.glob("*.stats.json"))) < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    assert process.poll() is None, f"dvc repro ended before it was killed:\n{(tmp_path / 'killed.log').read_text()}"
+    os.killpg(process.pid, signal.SIGKILL)                # dvc, gen-synth and any worker at once
+    process.wait()
+    log.close()
+    finished = {path.name: path.stat().st_mtime_ns for path in shards.glob("synth-*.tar")}
+    assert 2 <= len(finished) < 10 and not (shards / "manifest.json").exists()
+
+    output = run(["dvc", "repro", "synthesize"], root)
+    assert stages_run(output) == {"synthesize"}
+    assert f"({len(finished)} already complete)" in output
+    assert {name: (shards / name).stat().st_mtime_ns for name in finished} == finished   # not re-rendered
+    run(["gen-synth", "--output", "uninterrupted"], root)
+    made = {path.name: path.read_bytes() for path in shards.iterdir()}
+    assert made == {path.name: path.read_bytes() for path in (root / "uninterrupted").iterdir()}
+    assert stages_run(run(["dvc", "repro", "synthesize"], root)) == set()
 
 
 def readme_snippet(name: str) -> str:

@@ -11,7 +11,7 @@ from PIL import Image
 from generator.synth.samplers import (
     GaussianSampler, LatentBankError, NeighbourhoodSampler, candidate_rng, candidate_key, load_latent_bank)
 from generator.synth.settings import SettingsError, SynthSettings
-from generator.synth.writer import ShardWriter, encode_jpeg, encode_mask_png, sample_key, temp_path
+from generator.synth.writer import ShardWriter, encode_jpeg, encode_mask_png, sample_key
 
 
 def test_candidates_are_a_function_of_seed_shard_and_counter_only():
@@ -86,9 +86,10 @@ def test_writer_is_deterministic_and_renames_only_when_complete(tmp_path):
         with ShardWriter(tmp_path / name) as writer:
             writer.add_sample(sample_key(3, 7), {"jpg": encode_jpeg(image, 90), "mask.png": encode_mask_png(mask),
                                                  "json": b"{}\n"})
-            assert temp_path(tmp_path / name).is_file() and not (tmp_path / name).exists()
+            assert writer.tmp.is_file() and writer.tmp.name.startswith(f".{name}.") and not (tmp_path / name).exists()
             digests.append(writer.close())
     assert digests[0] == digests[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar", "b.tar"]       # no temporary left
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
     with tarfile.open(tmp_path / "a.tar") as tar:
         members = tar.getmembers()

@@ -6,6 +6,7 @@ background, the mask being the disc, which a U-Net separates easily.
 """
 
 import functools
+import hashlib
 import http.server
 import io
 import json
@@ -48,8 +49,9 @@ def _encoded(array: np.ndarray, fmt: str) -> bytes:
 
 
 def write_disc_shards(folder: Path, shards: int = 4, per_shard: int = 8, size: int = 32, seed: int = 0,
-                      extra: dict | None = None) -> list[Path]:
-    """`synth-000000.tar` ... with KEY.jpg, KEY.mask.png (0/255), KEY.json and KEY.latent.npy.
+                      extra: dict | None = None, manifest: bool = True) -> list[Path]:
+    """`synth-000000.tar` ... with KEY.jpg, KEY.mask.png (0/255), KEY.json and KEY.latent.npy, and
+    (with `manifest`) a manifest.json listing them as gen-synth's does.
 
     `extra` maps a member name to bytes added to the first shard (for refusal tests).
     """
@@ -73,7 +75,19 @@ def write_disc_shards(folder: Path, shards: int = 4, per_shard: int = 8, size: i
                 for name, data in (extra or {}).items():
                     _add(tar, name, data)
         paths.append(path)
+    if manifest:
+        write_manifest_of(folder, paths, seed)
     return paths
+
+
+def write_manifest_of(folder: Path, paths: list[Path], seed: int = 0) -> None:
+    """A manifest.json in gen-synth's format (the fields the trainer reads) listing `paths`."""
+    rows = [{"shard": i, "name": path.name, "bytes": path.stat().st_size,
+             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()} for i, path in enumerate(paths)]
+    (folder / "manifest.json").write_text(json.dumps({
+        "format_version": 1, "name": "synth", "config_digest": f"discs-{seed}",
+        "generator": {"identity": "discs@0000"}, "direction": {"digest": "d1sc", "method": "drawn"},
+        "shards": rows}))
 
 
 def keys_of(path: Path) -> set[str]:
@@ -247,6 +261,11 @@ def test_the_stream_is_reproducible_and_restarts_at_any_batch(shard_folder, work
 def test_missing_and_empty_sources_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ShardFormatError, match="no .tar shards in folder"):
+        resolve_shards(str(tmp_path / "empty"), manifest=False)
+    with pytest.raises(ShardFormatError, match="no manifest.json"):
+        resolve_shards(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "manifest.json").write_text('{"format_version": 1}')
+    with pytest.raises(ShardFormatError, match="not a shard manifest"):
         resolve_shards(str(tmp_path / "empty"))
     with pytest.raises(ShardFormatError, match="2 shard.* not found"):
         resolve_shards(str(tmp_path / "synth-{000000..000001}.tar"))

@@ -1,20 +1,90 @@
-"""DistributedDataParallel under `torchrun`: 2 CPU processes (gloo) end with the same weights.
+"""DistributedDataParallel: one step over two gloo processes is the step of one process, and a
+whole run under `torchrun` ends with the same weights on both ranks.
 
-The test launches this file through `torchrun --nproc_per_node 2`; each rank trains and saves its
-own final state dict, which the test then compares.
+The first test splits a fixed batch of 7 samples 4 + 3 over two processes and compares the
+gradients, weights and BatchNorm statistics after one step with those of one process on all 7:
+this holds only if BatchNorm is synchronised over ranks and the loss scaling turns DDP's gradient
+average into the gradient of the whole batch's mean.  The second launches this file through
+`torchrun --nproc_per_node 2`; each rank trains and saves its own final state dict.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+import torch.multiprocessing
 
 from tests.test_trainer_data import write_disc_shards
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+BATCH, SIZE = 7, 16
+
+
+def fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """7 images (a bright square on noise, of varied sizes) and their masks."""
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(BATCH, 3, SIZE, SIZE, generator=generator) * 0.6 - 1
+    masks = torch.zeros(BATCH, 1, SIZE, SIZE)
+    for i in range(BATCH):
+        side = 4 + i
+        masks[i, :, 2:2 + side, 3:3 + side] = 1
+    return images + masks * 1.2, masks
+
+
+def one_step(rank: int, world_size: int, port: int, out_folder: str) -> None:
+    """One training step of `rank` of `world_size` on its share of the fixed batch; saves the result."""
+    from trainer import distributed
+    from trainer.loop import training_step, wrap_for_ranks
+    from trainer.unet import UNet
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    context = distributed.setup("cpu")
+    try:
+        torch.manual_seed(0)
+        model = UNet(3, 4, 2, True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        network = wrap_for_ranks(model, context)
+        share = distributed.rank_batch_size(BATCH, context)
+        start = sum(distributed.rank_batch_size(BATCH, distributed.Distributed(r, world_size, r, context.device))
+                    for r in range(rank))
+        images, masks = fixed_batch()
+        network.train()
+        training_step(network, optimizer, images[start:start + share], masks[start:start + share],
+                      BATCH * SIZE * SIZE, world_size)
+        torch.save({"share": share, "state": model.state_dict(),
+                    "grads": {name: p.grad.clone() for name, p in model.named_parameters()}},
+                   Path(out_folder) / f"step-rank{rank}-of{world_size}.pt")
+    finally:
+        distributed.teardown(context)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_batch_of_7_split_4_and_3_over_two_processes_makes_the_step_of_one_process(tmp_path):
+    one_step(0, 1, free_port(), str(tmp_path))
+    torch.multiprocessing.spawn(one_step, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    single = torch.load(tmp_path / "step-rank0-of1.pt", weights_only=True)
+    ranks = [torch.load(tmp_path / f"step-rank{rank}-of2.pt", weights_only=True) for rank in (0, 1)]
+    assert single["share"] == 7 and [r["share"] for r in ranks] == [4, 3]
+    for name, gradient in single["grads"].items():
+        assert gradient.abs().max() > 0, name
+        for rank in ranks:
+            assert torch.allclose(rank["grads"][name], gradient, rtol=1e-4, atol=1e-7), name
+    for name, value in single["state"].items():   # weights after the step and BatchNorm statistics
+        for rank in ranks:
+            assert torch.allclose(rank["state"][name].float(), value.float(), rtol=1e-4, atol=1e-6), name
 
 
 def test_two_gloo_processes_end_with_the_same_weights(tmp_path):

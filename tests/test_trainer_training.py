@@ -1,6 +1,11 @@
 """Training: a tiny run learns a separable task, resume equals an uninterrupted run, and the command."""
 
+import contextlib
+import hashlib
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,11 +13,15 @@ import yaml
 from click.testing import CliRunner
 
 from tests.test_trainer_data import write_disc_shards
-from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from evaluation.predictors import UNetPredictor
+from generator.runs import FolderLocked, OutputLock, RecordMismatch
+from trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from trainer.decode import ShardFormatError
 from trainer.config import PAPER_SCHEDULE, ConfigError, TrainConfig
 from trainer.export import load_trained_model
 from trainer.loop import train
 from trainer.main import main
+from trainer.shards import resolve_shards, shards_identity
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,6 +56,9 @@ def test_a_tiny_run_learns_the_discs_and_writes_model_curves_and_summary(disc_sh
 
     model, config = load_trained_model(tmp_path / "model")
     assert config["input_size"] == 16 and config["base_channels"] == 8 and config["steps"] == 30
+    described = UNetPredictor(model, config).describe()      # what an evaluation report says of it
+    assert described["generator"] == "discs@0000" and described["direction"]["digest"] == "d1sc"
+    assert described["shards"]["config_digest"] == "discs-0"
     assert config["holdout_shards"] == ["synth-000004.tar"] and config["training_shard_count"] == 4
     for trained, loaded in zip(result.model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(trained, loaded)
@@ -77,25 +89,134 @@ def test_resume_repeats_the_uninterrupted_run(disc_shards, tmp_path):
         assert torch.allclose(left.float(), right.float(), rtol=1e-5, atol=1e-6), name
 
 
-def test_a_checkpoint_of_other_settings_or_data_is_not_resumed(tmp_path):
+def interrupted(folder):
+    """Make the finished run's last checkpoint what a run stopped half-way leaves (same bytes but the flag)."""
+    state = load_checkpoint(folder)
+    save_checkpoint({**state, "finished": False}, folder)
+    return (folder / CHECKPOINT_NAME).read_bytes()
+
+
+def test_a_checkpoint_of_other_settings_is_refused_naming_the_keys_and_kept(tmp_path):
     shards = tmp_path / "shards"
     write_disc_shards(shards, shards=3, per_shard=4, size=16)
+    checkpoints = tmp_path / "checkpoints"
     train(tiny_config(shards, tmp_path, steps=4, checkpoint_every=2), progress=False)
-    messages = []
-    result = train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False, log=messages.append)
-    assert result.resumed_from is None and any("other settings" in message for message in messages)
-    assert train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False).resumed_from == 6
+    saved = interrupted(checkpoints)
+    with pytest.raises(RecordMismatch, match=r"lr: 0.005 -> 0.001.*every file is kept.*--no-resume") as refused:
+        train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False)
+    assert refused.value.differences == ["lr: 0.005 -> 0.001"]
+    assert (checkpoints / CHECKPOINT_NAME).read_bytes() == saved
 
-    (shards / "manifest.json").write_text('{"format_version": 1, "config_digest": "new data"}')
-    assert train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False).resumed_from is None
-    write_disc_shards(shards, shards=3, per_shard=4, size=16, seed=1)  # same names, other samples
-    (shards / "manifest.json").unlink()
-    train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False)
-    write_disc_shards(shards, shards=3, per_shard=5, size=16, seed=2)
-    assert train(tiny_config(shards, tmp_path, steps=6, lr=1e-3), progress=False).resumed_from is None
+    # Logging, validation, loader workers and bf16 do not shape the weights: the run resumes.
+    resumed = train(tiny_config(shards, tmp_path, steps=6, log_every=2, val_every=3, val_samples=4, num_workers=2,
+                                bf16=False), progress=False)
+    assert resumed.resumed_from == 4
+
+    write_disc_shards(shards, shards=3, per_shard=4, size=16, seed=1)   # same names, other samples
+    saved = interrupted(checkpoints)
+    with pytest.raises(RecordMismatch, match=r"training_shards: .*synth-000000.tar"):
+        train(tiny_config(shards, tmp_path, steps=8), progress=False)
+    assert (checkpoints / CHECKPOINT_NAME).read_bytes() == saved
 
     fresh = train(tiny_config(shards, tmp_path, steps=2, resume=False), progress=False)
-    assert fresh.resumed_from is None and load_checkpoint(tmp_path / "checkpoints")["step"] == 2
+    assert fresh.resumed_from is None and load_checkpoint(checkpoints)["step"] == 2
+
+    # A finished run's checkpoint (its model is exported) gives way to a run with other settings.
+    messages = []
+    again = train(tiny_config(shards, tmp_path, steps=2, lr=1e-3), progress=False, log=messages.append)
+    assert again.resumed_from is None and any("finished run with other settings (lr: 0.005 -> 0.001)" in m
+                                              for m in messages)
+
+
+def test_the_command_names_the_differing_keys(disc_shards, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": tiny_config(disc_shards, tmp_path, steps=2).as_dict()}))
+    assert CliRunner().invoke(main, ["--params", str(params), "--quiet"]).exit_code == 0
+    interrupted(tmp_path / "checkpoints")
+    outcome = CliRunner().invoke(main, ["--params", str(params), "--quiet", "--steps", "4", "--seed", "3"])
+    assert outcome.exit_code == 1 and "seed: 0 -> 3" in outcome.output and "Traceback" not in outcome.output
+
+
+def test_a_folder_is_read_through_its_manifest(tmp_path):
+    shards = tmp_path / "shards"
+    write_disc_shards(shards, shards=3, per_shard=4, size=16)
+    listed = resolve_shards(str(shards))
+    assert [Path(p).name for p in listed] == ["synth-000000.tar", "synth-000001.tar", "synth-000002.tar"]
+    identity = shards_identity(listed)
+    assert identity[0] == ["synth-000000.tar", hashlib.sha256((shards / "synth-000000.tar").read_bytes()).hexdigest()]
+
+    write_disc_shards(tmp_path / "other", shards=1, per_shard=4, size=16)
+    shutil.copy(tmp_path / "other" / "synth-000000.tar", shards / "synth-000009.tar")   # a foreign shard
+    with pytest.raises(ShardFormatError, match="does not list.*synth-000009.tar.*--no-manifest"):
+        train(tiny_config(shards, tmp_path, steps=2), progress=False)
+    assert len(resolve_shards(str(shards), manifest=False)) == 4
+    (shards / "synth-000009.tar").unlink()
+    (shards / "manifest.json").unlink()                     # what an unfinished gen-synth run leaves
+    with pytest.raises(ShardFormatError, match="no manifest.json.*not a finished gen-synth set"):
+        train(tiny_config(shards, tmp_path, steps=2), progress=False)
+    assert train(tiny_config(shards, tmp_path, steps=2, manifest=False), progress=False).step == 2
+
+
+def test_the_identity_is_the_checksums_not_the_paths(tmp_path):
+    write_disc_shards(tmp_path / "shards", shards=3, per_shard=4, size=16)
+    train(tiny_config(tmp_path / "shards", tmp_path, steps=2), progress=False)
+    shutil.move(tmp_path / "shards", tmp_path / "moved")
+    assert train(tiny_config(tmp_path / "moved", tmp_path, steps=4), progress=False).resumed_from == 2
+
+
+def test_a_second_run_on_the_same_checkpoints_refuses_at_once(disc_shards, tmp_path):
+    with OutputLock(tmp_path / "checkpoints"):
+        with pytest.raises(FolderLocked, match=f'in use by another run.*"pid": {os.getpid()}'):
+            train(tiny_config(disc_shards, tmp_path, steps=2), progress=False)
+
+
+@contextlib.contextmanager
+def storages_tagged(location):
+    """torch.save writes every storage as saved on `location` (what a run on that device writes)."""
+    entry = (0, lambda storage: location, lambda storage, tag: None)
+    torch.serialization._package_registry.append(entry)
+    torch.serialization._package_registry.sort(key=lambda item: item[0])
+    try:
+        yield
+    finally:
+        torch.serialization._package_registry.remove(entry)
+
+
+def test_a_checkpoint_written_on_a_gpu_loads_on_the_cpu_and_resumes(disc_shards, tmp_path):
+    train(tiny_config(disc_shards, tmp_path, steps=2), progress=False)
+    state = load_checkpoint(tmp_path / "checkpoints")
+    with storages_tagged("cuda:0"):
+        save_checkpoint(state, tmp_path / "checkpoints")
+    if not torch.cuda.is_available():           # the file does say cuda:0
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(tmp_path / "checkpoints" / CHECKPOINT_NAME, weights_only=True)
+    loaded = load_checkpoint(tmp_path / "checkpoints")
+    tensors = [value for value in _leaves(loaded) if isinstance(value, torch.Tensor)]
+    assert tensors and all(tensor.device.type == "cpu" for tensor in tensors)
+    assert train(tiny_config(disc_shards, tmp_path, steps=4), progress=False).resumed_from == 2
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_run_resumes_on_the_gpu_and_a_gpu_checkpoint_on_the_cpu(disc_shards, tmp_path):
+    uninterrupted = train(tiny_config(disc_shards, tmp_path / "a", steps=6, device="cuda", bf16=False), progress=False)
+    train(tiny_config(disc_shards, tmp_path / "b", steps=3, device="cuda", bf16=False), progress=False)
+    resumed = train(tiny_config(disc_shards, tmp_path / "b", steps=6, device="cuda", bf16=False), progress=False)
+    assert resumed.resumed_from == 3
+    expected = [row["loss"] for row in uninterrupted.history["train"]]
+    assert [row["loss"] for row in resumed.history["train"]] == pytest.approx(expected, rel=1e-4)
+    on_cpu = train(tiny_config(disc_shards, tmp_path / "b", steps=8, device="cpu"), progress=False)
+    assert on_cpu.resumed_from == 6
 
 
 def test_a_checkpoint_holding_code_is_refused(disc_shards, tmp_path):

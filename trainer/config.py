@@ -39,6 +39,7 @@ class TrainConfig:
     input_size: int | None = None    # None: the shards' own image size
     shuffle_buffer: int = 1000       # samples in each loader worker's shuffle buffer
     num_workers: int = 2             # loader processes per rank (0: load in the training process)
+    manifest: bool = True            # a folder is read through gen-synth's manifest.json (False: its *.tar)
     # Model.
     base_channels: int = 16
     depth: int = 4
@@ -52,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True                # bf16 autocast, used on CUDA only
     threads: int | None = None       # torch CPU threads per process (None: torch's default)
+    device: str = "auto"             # auto, cpu, cuda (cuda:LOCAL_RANK under torchrun) or cuda:N
     # Bookkeeping.
     log_every: int = 10
     val_every: int = 100
@@ -81,6 +83,11 @@ class TrainConfig:
             raise ConfigError(f"train.lr_decay_step must be null or a positive integer, got {self.lr_decay_step!r}")
         if not isinstance(self.lr_decay_factor, (int, float)) or not self.lr_decay_factor > 0:
             raise ConfigError(f"train.lr_decay_factor must be a positive number, got {self.lr_decay_factor!r}")
+        for name in ("manifest", "bf16", "bilinear", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         holdout = self.holdout_shards
         if not (isinstance(holdout, list) and all(isinstance(name, str) for name in holdout)) and \
                 not (isinstance(holdout, int) and not isinstance(holdout, bool) and holdout >= 0):

@@ -1,10 +1,18 @@
 """The training loop: pixel-wise BCE with Adam and a step decay, checkpoints, curves, export.
 
-One process, or one per GPU/CPU group under `torchrun` (DistributedDataParallel).  The batch
-size is the global one: ranks split it and the loss is scaled so that DDP's gradient average
-equals the gradient of the mean over the whole batch.  A run resumed from a checkpoint repeats
-the uninterrupted run's steps exactly: model, optimiser, scheduler and RNG states are restored
-and the data stream restarts at its position (trainer/shards.py).
+One process, or one per GPU/CPU group under `torchrun` (DistributedDataParallel, with the
+U-Net's BatchNorm layers synchronised over ranks (trainer/distributed.py) so every rank normalises with the whole batch's
+statistics).  The batch size is the global one: ranks split it, unevenly when it does not divide,
+and each rank's loss is its pixels' BCE sum scaled by world size / pixels in the whole batch, so
+that DDP's gradient average is exactly the gradient of the mean over the whole batch.
+
+A run resumed from a checkpoint with the same run record repeats the uninterrupted run's steps
+exactly: model, optimiser, scheduler and RNG states are restored and the data stream restarts at
+its position (trainer/shards.py).  The record holds what shapes the weights (data checksums,
+network, schedule, seed), not how often the run logs or validates, nor how many processes or
+loader workers it uses, nor bf16: changing those resumes too (the data order after the resume
+then follows the new layout).  A checkpoint with another record is refused, naming the keys that
+differ, and kept, unless it is a finished run's (its model was exported) or `resume` is off.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from generator.runs import OutputLock, may_resume, record_digest
 from trainer import distributed
-from trainer.checkpoint import fingerprint, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from trainer.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from trainer.config import ConfigError, TrainConfig
 from trainer.curves import write_curves, write_summary
 from trainer.decode import ShardFormatError
@@ -54,11 +63,21 @@ def _log_to_stderr(message: str) -> None:
 
 def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None] = _log_to_stderr,
           device: str | None = None) -> TrainResult:
-    """Run (or resume) training as configured; rank 0 writes checkpoints, curves and the model."""
-    context = distributed.setup(device)
+    """Run (or resume) training as configured; rank 0 writes checkpoints, curves and the model.
+
+    `device` (auto, cpu, cuda or cuda:N) wins over `config.device`.  Rank 0 holds the checkpoint
+    folder's lock for the run.  Raises generator.runs.RecordMismatch for a checkpoint of other
+    settings and generator.runs.FolderLocked when another run uses the folder.
+    """
+    context = distributed.setup(device or config.device)
+    lock = OutputLock(config.checkpoint_dir) if context.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()
         return _train(config, context, progress, log)
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown(context)
 
 
@@ -73,7 +92,7 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
 
-    training, held = split_holdout(resolve_shards(config.shards), config.holdout_shards)
+    training, held = split_holdout(resolve_shards(config.shards, config.manifest), config.holdout_shards)
     input_size = config.input_size or probe_image_size(training[0])
     if input_size < 2 ** config.depth:
         raise ConfigError(f"images of {input_size} px are too small for a U-Net of depth {config.depth}")
@@ -81,17 +100,14 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     plan = StreamPlan(tuple(training), config.seed, context.rank, context.world_size, workers,
                       distributed.rank_batch_size(config.batch_size, context), config.shuffle_buffer)
     autocast_on = config.bf16 and device.type == "cuda"
-    # Everything that decides the sequence of updates; `steps` is not in it, so a run can be extended.
+    # The run record: what shapes the weights.  `steps` is not in it, so a run can be extended.
     settings = {
-        "training_shards": shards_identity(training), "holdout_shards": held, "input_size": input_size,
-        "base_channels": config.base_channels, "depth": config.depth, "bilinear": config.bilinear,
-        "batch_size": config.batch_size, "lr": config.lr, "lr_decay_step": config.lr_decay_step,
-        "lr_decay_factor": config.lr_decay_factor, "seed": config.seed, "shuffle_buffer": config.shuffle_buffer,
-        "world_size": context.world_size, "loader_workers": workers, "bf16_autocast": autocast_on,
-        # not the weights, but the curves stored with them
-        "log_every": config.log_every, "val_every": config.val_every, "val_samples": config.val_samples,
+        "training_shards": shards_identity(training), "holdout_shards": shards_identity(held),
+        "input_size": input_size, "base_channels": config.base_channels, "depth": config.depth,
+        "bilinear": config.bilinear, "batch_size": config.batch_size, "lr": config.lr,
+        "lr_decay_step": config.lr_decay_step, "lr_decay_factor": config.lr_decay_factor, "seed": config.seed,
+        "shuffle_buffer": config.shuffle_buffer,
     }
-    run_fingerprint = fingerprint(settings)
 
     torch.manual_seed(config.seed)
     model = UNet(3, config.base_channels, config.depth, config.bilinear).to(device)
@@ -102,13 +118,10 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     pending = {"loss_sum": 0.0, "steps": 0}  # train-loss steps not yet written to the curve
     step, resumed_from = 0, None
 
-    state = load_checkpoint(config.checkpoint_dir, map_location=device) if config.resume else None
-    if state is not None and state["fingerprint"] != run_fingerprint:
-        log(f"checkpoint in {config.checkpoint_dir} was made with other settings; training from the start")
-    elif state is not None and state["step"] > config.steps:
-        log(f"checkpoint in {config.checkpoint_dir} is at step {state['step']}, beyond {config.steps}; "
-            f"training from the start")
-    elif state is not None:
+    state = load_checkpoint(config.checkpoint_dir) if config.resume else None
+    if state is not None and not _may_resume(state, settings, config, log):
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -118,8 +131,7 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         log(f"resuming from step {step} ({config.checkpoint_dir})")
     _check_ranks_agree(step, context)
 
-    network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if context.active else model
+    network = wrap_for_ranks(model, context)
     autocast = partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16) if autocast_on \
         else contextlib.nullcontext
     validation = read_pairs(held, input_size, config.val_samples)[:2] if held and context.is_main else None
@@ -129,7 +141,8 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
 
     def checkpoint() -> None:
         save_checkpoint({
-            "step": step, "fingerprint": run_fingerprint, "settings": settings,
+            "step": step, "record": settings, "record_digest": record_digest(settings),
+            "finished": step >= config.steps,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": rng_states(), "history": history, "pending": pending,
         }, config.checkpoint_dir)
@@ -144,13 +157,7 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         images, masks, _ = _next_batch(batches)
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         learning_rate = optimizer.param_groups[0]["lr"]
-        with autocast():
-            logits = network(images)
-        loss_sum = F.binary_cross_entropy_with_logits(logits.float(), masks, reduction="sum")
-        optimizer.zero_grad(set_to_none=True)
-        # DDP averages gradients over ranks; this scale turns the average into the whole batch's mean.
-        (loss_sum * (context.world_size / pixels_per_step)).backward()
-        optimizer.step()
+        loss_sum = training_step(network, optimizer, images, masks, pixels_per_step, context.world_size, autocast)
         scheduler.step()
         step += 1
         step_loss = distributed.all_sum(loss_sum.detach(), context).item() / pixels_per_step
@@ -175,10 +182,6 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     elapsed = time.perf_counter() - started
     samples_per_second = (step - start_step) * config.batch_size / elapsed if step > start_step else 0.0
 
-    if context.active:
-        # Batch-norm statistics are updated locally by each rank's last forward pass; take rank 0's.
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
     if context.is_main:
         write_curves(history, config.plots_dir)
         last_val = history["val"][-1] if history["val"] else {}
@@ -200,6 +203,49 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         dist.barrier()
     return TrainResult(model=model, step=step, history=history, resumed_from=resumed_from,
                        samples_per_second=samples_per_second, rank=context.rank, settings=settings)
+
+
+def _may_resume(state: dict[str, Any], settings: dict[str, Any], config: TrainConfig,
+                log: Callable[[str], None]) -> bool:
+    """The resume policy of generator/runs.py for a training checkpoint."""
+    saved = state.get("record")
+    if saved is None:                            # written before checkpoints held their record
+        saved = {"fingerprint": state.get("fingerprint")}
+    if state["step"] > config.steps:
+        saved, settings = {**saved, "step": state["step"]}, {**settings, "step": f"<= {config.steps}"}
+    return may_resume(saved, settings, what=f"the checkpoint in {config.checkpoint_dir} (step {state['step']})",
+                      hint="Pass --no-resume (train.resume: false) to train from the start and replace it, "
+                           "or set train.checkpoint_dir to another folder.",
+                      finished=bool(state.get("finished")), replace_finished=True, log=log)
+
+
+def wrap_for_ranks(model: torch.nn.Module, context: distributed.Distributed) -> torch.nn.Module:
+    """The model as one rank of several trains it: BatchNorm synchronised over ranks (so each
+    normalises with the statistics of the whole batch, as one process would), inside DDP.  A
+    single process trains the model itself.  The BatchNorm layers are replaced in `model`."""
+    if not context.active:
+        return model
+    distributed.synchronise_batch_norm(model)
+    device_ids = [context.device] if context.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def training_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                  masks: torch.Tensor, pixels_per_step: int, world_size: int,
+                  autocast: Callable[[], Any] = contextlib.nullcontext) -> torch.Tensor:
+    """One optimiser step on this rank's share of the batch; returns its BCE sum (detached).
+
+    Each rank's loss is its BCE sum x world_size / pixels in the whole batch: DDP averages the
+    gradients over ranks (divides their sum by world_size), so the update is the gradient of the
+    mean BCE over the whole batch however unevenly it is split.
+    """
+    with autocast():
+        logits = network(images)
+    loss_sum = F.binary_cross_entropy_with_logits(logits.float(), masks, reduction="sum")
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum * (world_size / pixels_per_step)).backward()
+    optimizer.step()
+    return loss_sum.detach()
 
 
 def _next_batch(batches: Any) -> Any:

@@ -43,22 +43,29 @@ _PAPER = ", ".join(f"{key} {value}" for key, value in PAPER_SCHEDULE.items())
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads per process (default: torch's).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Steps between checkpoints.")
 @click.option("--resume/--no-resume", default=None,
-              help="Continue from train.checkpoint_dir when its checkpoint was made with the same settings "
-                   "(default: train.resume).")
+              help="Continue from the checkpoint in train.checkpoint_dir (default: train.resume). A checkpoint "
+                   "made with settings that shape the weights differently stops the run, naming them, and is "
+                   "kept (one of a finished run is replaced); --no-resume trains from the start and replaces it.")
 @click.option("--paper-schedule", is_flag=True,
               help=f"Use the published schedule and width ({_PAPER}); other options still win.")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="Where unet.pt and unet.json go.")
 @click.option("--plots-dir", type=click.Path(file_okay=False), help="Where the curves and summary.json go.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Where checkpoints go.")
-@click.option("--device", help="torch device (default: cuda:LOCAL_RANK when a GPU is present, else cpu).")
+@click.option("--device", help="auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N; under torchrun "
+                                "auto and cuda mean cuda:LOCAL_RANK. Default: train.device.")
+@click.option("--manifest/--no-manifest", default=None,
+              help="Read a shard folder through its manifest.json: train on exactly the shards it lists and "
+                   "refuse a folder without one or with tars it does not list (default: train.manifest). "
+                   "--no-manifest takes the folder's *.tar as they are, for shards made elsewhere.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(params_path: str, paper_schedule: bool, device: str | None, quiet: bool, **options) -> None:
+def main(params_path: str, paper_schedule: bool, quiet: bool, **options) -> None:
     """Train the U-Net on (image, mask) shards with pixel-wise BCE and Adam, streaming them with WebDataset.
 
     Writes MODEL_DIR/unet.pt and unet.json (rebuild with trainer.export.load_trained_model),
     PLOTS_DIR/train_loss.csv, val.csv and summary.json, and a checkpoint every
     --checkpoint-every steps from which an interrupted run resumes exactly.
     """
+    from generator.runs import FolderLocked
     from trainer.loop import train  # torch and the data stack load after --help
 
     try:
@@ -67,8 +74,8 @@ def main(params_path: str, paper_schedule: bool, device: str | None, quiet: bool
         if paper_schedule:
             config = config.with_paper_schedule()
         config = TrainConfig.from_section(config.as_dict(), **options)
-        train(config, progress=not quiet, device=device)
-    except (ConfigError, ShardFormatError, CheckpointError, FileNotFoundError, ValueError) as error:
+        train(config, progress=not quiet)
+    except (ConfigError, ShardFormatError, CheckpointError, FileNotFoundError, ValueError, FolderLocked) as error:
         raise click.ClickException(str(error)) from error
 
 

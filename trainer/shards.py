@@ -2,8 +2,12 @@
 
 Shards are named by local paths, brace patterns (`synth-{000000..000099}.tar`), http(s) URLs or
 `pipe:` commands; WebDataset's own openers read them (a `pipe:` command runs in a shell, so it
-belongs in a parameters file the user trusts).  The last shards by name (or a named list) are
-held out for validation and never enter the training list.
+belongs in a parameters file the user trusts).  A folder is read through its `manifest.json`
+(gen-synth writes it when a set is complete): exactly the shards it lists, with their checksums
+as the data's identity; a folder without one (an unfinished set) or with tars it does not list (a
+mixed one) is refused unless the manifest is waived (`--no-manifest`, for shards made elsewhere).
+The last shards by name (or a named list) are held out for validation and never enter the
+training list.
 
 The training stream is endless and reproducible.  Each epoch the training shards are permuted
 by (seed, epoch) and dealt out, first by rank, then by loader worker; each worker reads its
@@ -35,6 +39,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 from trainer.decode import ShardFormatError, checked_members, decode_sample, training_pair
 
 _URL_PREFIXES = ("http://", "https://", "pipe:", "file:", "gs://", "s3://", "ais://", "hf://")
+MANIFEST_NAME = "manifest.json"
 
 
 def loader_workers(num_workers: int, training_shards: int, world_size: int) -> int:
@@ -52,15 +57,13 @@ def _is_url(name: str) -> bool:
     return name.startswith(_URL_PREFIXES)
 
 
-def resolve_shards(source: str | list[str]) -> list[str]:
-    """The shard names of a source: a folder (its `*.tar`, by name), a pattern, URLs, or a list."""
+def resolve_shards(source: str | list[str], manifest: bool = True) -> list[str]:
+    """The shard names of a source: a folder (the shards its manifest lists, by name), a pattern,
+    URLs, or a list of them.  With `manifest` False a folder gives its `*.tar` instead."""
     names: list[str] = []
     for entry in [source] if isinstance(source, str) else list(source):
         if not _is_url(entry) and os.path.isdir(entry):
-            found = sorted(glob.glob(os.path.join(glob.escape(entry), "*.tar")))
-            if not found:
-                raise ShardFormatError(f"no .tar shards in folder {entry}")
-            names.extend(found)
+            names.extend(_folder_shards(entry) if manifest else _folder_tars(entry))
         else:
             names.extend(expand_urls(entry))
     missing = [name for name in names if not _is_url(name) and not os.path.isfile(name)]
@@ -70,6 +73,49 @@ def resolve_shards(source: str | list[str]) -> list[str]:
         raise ShardFormatError(f"no shards in {source!r}")
     if len(set(names)) != len(names):
         raise ShardFormatError(f"a shard is named twice in {source!r}")
+    return names
+
+
+def _folder_tars(folder: str) -> list[str]:
+    found = sorted(glob.glob(os.path.join(glob.escape(folder), "*.tar")))
+    if not found:
+        raise ShardFormatError(f"no .tar shards in folder {folder}")
+    return found
+
+
+def read_manifest_rows(folder: str | Path) -> dict[str, dict[str, Any]] | None:
+    """Shard name -> its manifest row (name, samples, bytes, sha256), or None without a manifest."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        rows = json.loads(path.read_text())["shards"]
+        return {row["name"]: row for row in rows if isinstance(row["name"], str) and "/" not in row["name"]}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ShardFormatError(f"{path} is not a shard manifest ({type(error).__name__}: {error})") from error
+
+
+def _folder_shards(folder: str) -> list[str]:
+    rows = read_manifest_rows(folder)
+    waive = "pass --no-manifest (train.manifest: false) to train on the folder's .tar files as they are"
+    if rows is None:
+        raise ShardFormatError(f"no {MANIFEST_NAME} in {folder}: not a finished gen-synth set (an interrupted "
+                               f"run has none until a rerun finishes it); for shards made elsewhere, {waive}")
+    if not rows:
+        raise ShardFormatError(f"{Path(folder) / MANIFEST_NAME} lists no shards")
+    unlisted = sorted(Path(path).name for path in glob.glob(os.path.join(glob.escape(folder), "*.tar"))
+                      if Path(path).name not in rows)
+    if unlisted:
+        raise ShardFormatError(f"{folder} holds .tar files its {MANIFEST_NAME} does not list "
+                               f"({', '.join(unlisted[:3])}{' ...' if len(unlisted) > 3 else ''}); remove them, "
+                               f"or {waive}")
+    names = []
+    for name, row in sorted(rows.items()):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and isinstance(row.get("bytes"), int) and os.path.getsize(path) != row["bytes"]:
+            raise ShardFormatError(f"{path} has {os.path.getsize(path)} bytes, its manifest says {row['bytes']}; "
+                                   f"check the set with synth-verify")
+        names.append(path)
     return names
 
 
@@ -205,23 +251,27 @@ def probe_image_size(url: str) -> int:
 
 
 def shards_identity(urls: list[str]) -> list[Any]:
-    """What must be unchanged for a checkpoint to resume: the sha256 of `manifest.json` beside local
-    shards (it lists every shard's sha256), else each local shard's size and modification time.
-    Remote shards count by name only."""
+    """What must be unchanged for a checkpoint to resume, and never a path: for local shards a
+    manifest lists, their name and sha256; for other local shards, name, size and modification
+    time; remote shards count by URL."""
     identity: list[Any] = []
-    manifest_digests: dict[Path, str | None] = {}
+    rows_of: dict[str, dict[str, dict[str, Any]] | None] = {}
     for url in urls:
         if _is_url(url):
             identity.append(url)
             continue
-        manifest = Path(url).parent / "manifest.json"
-        if manifest not in manifest_digests:
-            manifest_digests[manifest] = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
-        if manifest_digests[manifest]:
-            identity.append([url, manifest_digests[manifest]])
+        folder, name = os.path.split(url)
+        if folder not in rows_of:
+            try:
+                rows_of[folder] = read_manifest_rows(folder or ".")
+            except ShardFormatError:
+                rows_of[folder] = None
+        row = (rows_of[folder] or {}).get(name)
+        if row is not None and isinstance(row.get("sha256"), str):
+            identity.append([name, row["sha256"]])
         else:
             status = os.stat(url)
-            identity.append([url, status.st_size, status.st_mtime_ns])
+            identity.append([name, status.st_size, status.st_mtime_ns])
     return identity
 
 
@@ -237,13 +287,19 @@ def manifest_summary(source: str | list[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    summary = {"manifest_sha256": digest}
-    generator = manifest.get("generator") if isinstance(manifest, dict) else None
+    summary: dict[str, Any] = {"manifest_sha256": digest}
+    if not isinstance(manifest, dict):
+        return summary
+    generator = manifest.get("generator")
     if isinstance(generator, dict):
         generator = generator.get("identity")
     if isinstance(generator, str):
         summary["generator"] = generator
-    if isinstance(manifest, dict) and isinstance(manifest.get("config_digest"), str):
+    if isinstance(manifest.get("config_digest"), str):
         summary["shards_config_digest"] = manifest["config_digest"]
+    direction = manifest.get("direction")
+    if isinstance(direction, dict) and isinstance(direction.get("digest"), str):
+        summary["direction"] = {key: direction[key] for key in ("digest", "method", "index", "sign", "chosen_by")
+                                if key in direction}
     return summary
 

@@ -3,6 +3,8 @@
 A method supplies its modules, their optimisers and a `step(t)` that performs optimisation step t
 and returns its metrics.  The loop resumes from a matching checkpoint, saves one every
 `checkpoint_every` steps and at the end, and shows a tqdm bar with running means of the metrics.
+A checkpoint of another run record is refused (generator/runs.py's policy), naming the settings
+that differ, and kept; only a finished run's checkpoint gives way to a new run.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from generator.discovery.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
+from generator.discovery.checkpoint import digest, load_checkpoint, save_checkpoint
 from generator.interface import Generator
+from generator.runs import may_resume
 
 RUNNING_WINDOW = 50
 POSTFIX_EVERY = 10
@@ -45,17 +48,27 @@ def require_gradients(generator: Generator, method: str) -> None:
 
 def run_loop(*, description: str, steps: int, step: Callable[[int], dict[str, float]],
              modules: dict[str, torch.nn.Module], optimisers: dict[str, torch.optim.Optimizer],
-             fingerprint: str, checkpoint_path: str | Path | None = None, checkpoint_every: int = 0,
+             fingerprint: dict | str, checkpoint_path: str | Path | None = None, checkpoint_every: int = 0,
              progress: bool = True, message: Callable[[str], None] = tqdm.write) -> LoopOutcome:
-    """Run steps [start, steps) where start is 0 or the step a matching checkpoint reached."""
+    """Run steps [start, steps) where start is 0 or the step a matching checkpoint reached.
+
+    `fingerprint` is the run record (checkpoint.fingerprint).  Raises generator.runs.RecordMismatch
+    for an unfinished checkpoint of another record (or beyond `steps`), which is kept.
+    """
     outcome = LoopOutcome()
+    record = fingerprint if isinstance(fingerprint, dict) else {"fingerprint": fingerprint}
     if checkpoint_path is not None:
-        try:
-            state = load_checkpoint(checkpoint_path, fingerprint)
-        except CheckpointMismatch as error:
-            message(f"{error}; starting afresh")
-            state = None
-        if state is not None and state["step"] <= steps:
+        state = load_checkpoint(checkpoint_path)
+        if state is not None:
+            saved = state.get("record") or {"fingerprint": state["fingerprint"]}
+            current = record if "record" in state else {"fingerprint": digest(fingerprint)}
+            if state["step"] > steps:
+                saved, current = {**saved, "step": state["step"]}, {**current, "step": f"<= {steps}"}
+            hint = f"Delete or move {checkpoint_path} to start afresh, or run with --no-checkpoint."
+            if not may_resume(saved, current, what=f"the checkpoint {checkpoint_path}", hint=hint,
+                              finished=bool(state.get("finished")), replace_finished=True, log=message):
+                state = None
+        if state is not None:
             for name, module in modules.items():
                 module.load_state_dict(state["modules"][name])
             for name, optimiser in optimisers.items():
@@ -64,14 +77,12 @@ def run_loop(*, description: str, steps: int, step: Callable[[int], dict[str, fl
             outcome.resumed_from = int(state["step"])
             if outcome.resumed_from:
                 message(f"{description}: resuming from step {outcome.resumed_from} of {steps} ({checkpoint_path})")
-        elif state is not None:
-            message(f"{checkpoint_path} is at step {state['step']}, beyond the {steps} asked for; starting afresh")
 
     def save(reached: int) -> None:
         if checkpoint_path is None:
             return
         save_checkpoint(checkpoint_path, {
-            "fingerprint": fingerprint, "step": reached,
+            "fingerprint": digest(fingerprint), "record": record, "step": reached, "finished": reached >= steps,
             "modules": {name: module.state_dict() for name, module in modules.items()},
             "optimisers": {name: optimiser.state_dict() for name, optimiser in optimisers.items()},
             "history": outcome.history,

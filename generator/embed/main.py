@@ -14,6 +14,7 @@ from generator.embed.images import IMAGE_SUFFIXES, encode_images
 from generator.interface import Generator, GeneratorSpecError
 from generator.params import load_params
 from generator.registry import build_generator
+from generator import runs
 
 SHOWN_SKIPPED = 50  # the index lists every skipped file; the terminal shows this many
 
@@ -49,16 +50,10 @@ class EmbedSettings:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise click.BadParameter(f"{name!r} is not a device (auto, cpu, cuda, cuda:1, ...)",
-                                 param_hint="device") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("cuda was asked for but no GPU is available", param_hint="device")
-    return device
+        return runs.resolve_device(name)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="device") from error
 
 
 def embed_folder(generator: Generator, settings: EmbedSettings, progress: bool) -> tuple[LatentBank, int]:

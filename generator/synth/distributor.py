@@ -4,6 +4,10 @@ A shard is a self-contained unit of work (a `RenderJob` and an index), so the wa
 spread changes nothing in their bytes.  CPU workers each use one torch thread: parallelism comes
 from processes, and a given shard is computed with the same arithmetic whatever the worker count.
 Workers fork from a fork server (never from a process whose thread pools are already running).
+The pool is a `concurrent.futures.ProcessPoolExecutor`, which notices a worker that dies (the
+out-of-memory killer, a SIGKILL): the run then stops with a `WorkerFailed` naming the shard that
+worker was rendering, instead of waiting for it forever.  A worker that cannot start (its
+generator fails to build) stops the run with that error's message.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import multiprocessing
 import queue
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import torch
 
@@ -22,6 +29,10 @@ from generator.synth.writer import ShardStats
 ShardDone = Callable[[ShardStats], None]
 #: Called after each batch with (samples kept, candidates used).
 Progress = Callable[[int, int], None]
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process died while rendering, or could not start."""
 
 
 def run_shards(job: RenderJob, shards: Iterable[tuple[int, int]], workers: int,
@@ -59,19 +70,28 @@ def _run_here(job, shards, progress, shard_done, generator) -> list[ShardStats]:
 # --- worker processes ---------------------------------------------------------------------------
 
 _renderer: ShardRenderer | None = None
-_progress_queue = None
+_start_error: str | None = None
+_events = None
 
 
-def _init_worker(job: RenderJob, progress_queue) -> None:
-    global _renderer, _progress_queue
+def _init_worker(job: RenderJob, events) -> None:
+    global _renderer, _start_error, _events
     torch.set_num_threads(1)
-    _renderer = ShardRenderer(job)
-    _progress_queue = progress_queue
+    _events = events
+    try:
+        _renderer = ShardRenderer(job)
+    except Exception as error:   # raised from each task, so the run stops with this message
+        _start_error = f"{type(error).__name__}: {error}"
 
 
 def _render_in_worker(index: int, count: int) -> ShardStats:
+    import os
+    if _start_error is not None:
+        raise WorkerFailed(f"a worker process could not start: {_start_error}")
+    _events.put(("started", os.getpid(), index))
+
     def report(kept: int, candidates: int) -> None:
-        _progress_queue.put((kept, candidates))
+        _events.put(("batch", kept, candidates))
     return _renderer.render(index, count, report)
 
 
@@ -79,33 +99,68 @@ def _run_in_pool(job, shards, workers, progress, shard_done) -> list[ShardStats]
     context = multiprocessing.get_context("forkserver")
     # The fork server imports torch once; workers fork from it before any thread pool runs.
     context.set_forkserver_preload(["generator.synth.worker"])
-    progress_queue = context.Queue()
-    pool = context.Pool(workers, initializer=_init_worker, initargs=(job, progress_queue))
+    events = context.Queue()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job, events))
+    shard_of = {pool.submit(_render_in_worker, index, count): index for index, count in shards}
+    rendering: dict[int, int] = {}     # worker pid -> the shard it last started
+    results: list[ShardStats] = []
     try:
-        pending = [pool.apply_async(_render_in_worker, shard) for shard in shards]
-        results = []
+        pending = set(shard_of)
         while pending:
-            _drain(progress_queue, progress, timeout=0.2)
-            for task in [task for task in pending if task.ready()]:
-                pending.remove(task)
-                results.append(task.get())     # re-raises a worker's error here
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(events, progress, rendering)
+            for future in sorted(finished, key=shard_of.get):
+                try:
+                    stats = future.result()       # re-raises a worker's error here
+                except BrokenProcessPool:
+                    _drain(events, progress, rendering)
+                    raise WorkerFailed(_death_message(rendering, {s.shard for s in results})) from None
+                results.append(stats)
                 if shard_done is not None:
-                    shard_done(results[-1])
-        _drain(progress_queue, progress, timeout=0.0)
-        pool.close()
+                    shard_done(stats)
+        _drain(events, progress, rendering)
+        pool.shutdown(wait=True)
         return results
     finally:
-        pool.terminate()
-        pool.join()
+        _stop(pool)
 
 
-def _drain(progress_queue, progress: Progress | None, timeout: float) -> None:
-    """Pass queued batch reports on to `progress`, waiting up to `timeout` for the first."""
+def _drain(events, progress: Progress | None, rendering: dict[int, int]) -> None:
+    """Pass queued batch reports on to `progress` and note which worker renders which shard."""
+    while True:
+        try:
+            kind, *values = events.get_nowait()
+        except queue.Empty:
+            return
+        if kind == "started":
+            rendering[values[0]] = values[1]
+        elif progress is not None:
+            progress(*values)
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
     try:
-        item = progress_queue.get(timeout=timeout) if timeout > 0 else progress_queue.get_nowait()
-        while True:
-            if progress is not None:
-                progress(*item)
-            item = progress_queue.get_nowait()
-    except queue.Empty:
-        pass
+        return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return not Path("/proc").is_dir()      # without /proc nothing can be said: count it alive
+
+
+def _death_message(rendering: dict[int, int], finished: set[int]) -> str:
+    dead = sorted(shard for pid, shard in rendering.items() if shard not in finished and not _alive(pid))
+    unfinished = sorted(shard for shard in rendering.values() if shard not in finished)
+    named = dead or unfinished
+    shards = ", ".join(str(shard) for shard in named) or "unknown"
+    return (f"a worker process died while rendering shard {shards} (killed: out of memory, or a signal); "
+            f"fewer --workers or a smaller --batch-size need less memory")
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Shut the pool down without waiting for shards in flight."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)

@@ -8,7 +8,6 @@ Settings come from params.yaml (`generator` and `synth` sections) and the pipeli
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +15,17 @@ from typing import Any
 
 import click
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from generator.direction import DirectionError, load_direction
 from generator.interface import Generator, GeneratorSpecError, digest_file
 from generator.params import load_params
 from generator.registry import build_generator
+from generator.runs import FolderLocked, RecordMismatch, resolve_device
 from generator.synth import folder as output_folder
-from generator.synth.distributor import run_shards
-from generator.synth.manifest import MANIFEST_NAME, build_manifest, config_digest, write_manifest
+from generator.synth.distributor import WorkerFailed, run_shards
+from generator.synth.manifest import (MANIFEST_NAME, build_manifest, code_digest, config_digest, run_record,
+                                     write_manifest)
 from generator.synth.samplers import LatentBankError, load_latent_bank
 from generator.synth.settings import SAMPLERS, SynthSettings
 from generator.synth.worker import CandidateBudgetExceeded, RenderJob
@@ -64,16 +64,17 @@ def describe_run(settings: SynthSettings, generator: Generator, spec: dict[str, 
         "parameters": settings.data_parameters(),
         "members": members,
         "image_size": generator.resolution,
+        "code": code_digest(),
     }
 
 
-def check_device(device: str) -> None:
+def check_device(settings: SynthSettings) -> SynthSettings:
+    """The settings with their device resolved (auto, cpu, cuda or cuda:N)."""
     try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as error:
-        raise click.ClickException(f"unknown device {device!r}: {error}") from error
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException(f"device {device!r} asked for, but CUDA is not available here")
+        device = resolve_device(settings.device)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    return settings.override(device=str(device))
 
 
 class SynthProgress:
@@ -106,12 +107,17 @@ class RunSummary:
 
 
 def synthesize(settings: SynthSettings, spec: dict[str, Any], *, bank_given: bool = False,
-               overwrite: bool = False, generator: Generator | None = None, echo=click.echo) -> RunSummary:
-    """Make (or finish) the shard set the settings describe.
+               overwrite: bool = False, replace_finished: bool = False, generator: Generator | None = None,
+               echo=click.echo) -> RunSummary:
+    """Make (or finish, or extend) the shard set the settings describe.
 
-    Raises click.ClickException with a clear message on any bad input.
+    The output folder is locked for the run.  Shards already complete for the same run record are
+    kept; a folder of shards made under another record is refused (naming the settings that
+    differ) unless `overwrite`, or unless it holds a finished set and `replace_finished` (the set
+    is kept elsewhere, as DVC's cache keeps it).  A failing shard leaves every finished one in
+    place.  Raises click.ClickException with a clear message on any bad input.
     """
-    check_device(settings.device)
+    settings = check_device(settings)
     try:
         generator = generator or build_generator(spec)
     except GeneratorSpecError as error:
@@ -127,14 +133,30 @@ def synthesize(settings: SynthSettings, spec: dict[str, Any], *, bank_given: boo
     except LatentBankError as error:
         raise click.ClickException(str(error)) from error
 
-    run_record = describe_run(settings, generator, spec, direction, bank_path, bank)
-    digest = config_digest(run_record)
-    plan = settings.shard_plan()
+    description = describe_run(settings, generator, spec, direction, bank_path, bank)
+    record, digest = run_record(description), config_digest(description)
     folder = Path(settings.output)
     try:
-        created = output_folder.prepare(folder, settings.resume, overwrite)
-        done = output_folder.complete_shards(folder, plan, digest)
-    except output_folder.FolderError as error:
+        lock, created = output_folder.lock_folder(folder)
+    except (output_folder.FolderError, FolderLocked) as error:
+        raise click.ClickException(str(error)) from error
+    try:
+        return _synthesize_locked(settings, spec, generator, direction, bank_path, bank, description, record,
+                                  digest, folder, overwrite, replace_finished, echo)
+    finally:
+        lock.release()
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()                       # a run that made nothing leaves no empty folder
+
+
+def _synthesize_locked(settings, spec, generator, direction, bank_path, bank, description, record, digest,
+                       folder, overwrite, replace_finished, echo) -> RunSummary:
+    plan = settings.shard_plan()
+    try:
+        output_folder.prepare(folder, settings.resume, overwrite)
+        done = output_folder.complete_shards(folder, plan, record, digest, replace_finished=replace_finished,
+                                             log=lambda message: echo(f"gen-synth: {message}", err=True))
+    except (output_folder.FolderError, RecordMismatch) as error:
         raise click.ClickException(str(error)) from error
     todo = [(index, count) for index, count in plan if index not in done]
     if todo:
@@ -146,19 +168,21 @@ def synthesize(settings: SynthSettings, spec: dict[str, Any], *, bank_given: boo
 
     job = RenderJob(settings=settings, generator_spec=spec, generator_identity=generator.identity,
                     shift=tuple(direction.shift().tolist()), bank_path=None if bank_path is None else str(bank_path),
-                    output=str(folder), config_digest=digest)
+                    output=str(folder), config_digest=digest, record=record)
 
-    def record(stats: ShardStats) -> None:
-        write_json_atomic(folder / stats_name(stats.shard), stats.to_json())
+    def commit(stats: ShardStats) -> None:
+        write_json_atomic(folder / stats_name(stats.shard), stats.to_json())   # marks the shard complete
 
     progress = SynthProgress(settings.n, sum(stats.samples for stats in done.values()))
     start = time.perf_counter()
     try:
-        made = run_shards(job, todo, settings.workers, progress, record, generator=generator)
-    except CandidateBudgetExceeded as error:
+        made = run_shards(job, todo, settings.workers, progress, commit, generator=generator)
+    except (CandidateBudgetExceeded, WorkerFailed) as error:
         progress.close(progress.bar.n)
-        _clean_up_after_failure(folder, created)
-        raise click.ClickException(str(error)) from error
+        output_folder.remove_temporary(folder)        # finished shards stay: a rerun goes on from them
+        advice = " (with a larger --max-candidates-per-sample)" if isinstance(error, CandidateBudgetExceeded) else ""
+        raise click.ClickException(f"{error}; the {len(done) + _finished_now(folder, todo)} finished shard(s) "
+                                   f"are kept, and a rerun{advice} goes on from them") from error
     except BaseException:
         progress.close(progress.bar.n)
         output_folder.remove_temporary(folder)
@@ -166,19 +190,14 @@ def synthesize(settings: SynthSettings, spec: dict[str, Any], *, bank_given: boo
     progress.close(settings.n)
     elapsed = time.perf_counter() - start
 
-    manifest = build_manifest(run_record, [*done.values(), *made])
+    manifest = build_manifest(description, [*done.values(), *made])
     write_manifest(folder, manifest)
     _report(manifest, made, elapsed, echo)
     return RunSummary(manifest, made, elapsed)
 
 
-def _clean_up_after_failure(folder: Path, created: bool) -> None:
-    """A set that cannot be finished: leave no temporary files, and no folder this run created."""
-    output_folder.remove_temporary(folder)
-    if created and folder.is_dir():
-        output_folder.remove_ours(folder)
-        if not any(folder.iterdir()):
-            shutil.rmtree(folder)
+def _finished_now(folder: Path, todo: list[tuple[int, int]]) -> int:
+    return sum((folder / stats_name(index)).is_file() for index, _ in todo)
 
 
 def _report(manifest: dict[str, Any], made: list[ShardStats], elapsed: float, echo) -> None:
@@ -235,11 +254,18 @@ def _finite(ctx, param, value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Candidates per generator call. [params: synth.batch_size]")
 @click.option("--device", default=None,
-              help="cpu, or cuda[:N] to render in this process in batches on a GPU. [params: synth.device]")
+              help="cpu (worker processes), cuda or cuda:N (render in this process in batches on a GPU), or "
+                   "auto (cuda when present). [params: synth.device]")
 @click.option("--resume/--no-resume", default=None,
-              help="Finish a run that was interrupted: keep its complete shards, remake the rest (the "
-                   "parameters must be the same). [params: synth.resume]")
+              help="Finish a run that was interrupted, or extend a set to a larger --n: keep its complete "
+                   "shards, make the rest. The settings that shape the bytes must be the same (a different "
+                   "--n or --max-candidates-per-sample is fine); otherwise the run stops naming the settings "
+                   "that differ, and keeps every file. [params: synth.resume]")
 @click.option("--overwrite", is_flag=True, help="Delete the shards already in the output folder first.")
+@click.option("--replace-finished", is_flag=True,
+              help="When the output folder holds a finished set (with its manifest) made with other settings, "
+                   "replace it instead of refusing; an unfinished one is still refused. For pipelines that keep "
+                   "every finished set elsewhere: dvc.yaml passes it, since DVC's cache holds the old set.")
 @click.option("--save-latents/--no-save-latents", default=None,
               help="Also store each sample's latent z as KEY.latent.npy. [params: synth.save_latents]")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None,
@@ -248,7 +274,7 @@ def _finite(ctx, param, value):
               help="A shard that needs more candidates than this per sample stops with an error naming the "
                    "filter that rejected most. [params: synth.max_candidates_per_sample]")
 def main(params_path: str, generator_name: str | None, weights: str | None, overwrite: bool,
-         **options: Any) -> None:
+         replace_finished: bool, **options: Any) -> None:
     """Render filtered (image, mask) pairs into WebDataset shards.
 
     Each candidate z gives an image G(z) and a mask [gray(G(z + h_bg)) > gray(G(z))]; the size,
@@ -268,7 +294,8 @@ def main(params_path: str, generator_name: str | None, weights: str | None, over
         spec = dict(params["generator"])
     else:
         raise click.ClickException(f"{params_path} has no `generator` section; pass --generator")
-    synthesize(settings, spec, bank_given=options.get("bank") is not None, overwrite=overwrite)
+    synthesize(settings, spec, bank_given=options.get("bank") is not None, overwrite=overwrite,
+               replace_finished=replace_finished)
 
 
 if __name__ == "__main__":

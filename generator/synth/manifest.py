@@ -5,13 +5,16 @@
      "direction": {"digest", "path", "magnitude", "method", "index", "sign", "chosen_by", "found_for"},
      "latents": {"sampler", "alpha", "bank": {"path", "digest", "count"} or null},
      "parameters": {n, shard_size, seed, ..., "filters": {...}},
-     "members": ["jpg", "mask.png", "json"], "image_size": 128,
+     "members": ["jpg", "mask.png", "json"], "image_size": 128, "code": "digest of the rendering modules",
      "totals": {"samples", "candidates", "acceptance_rate", "rejected_by": {...}},
      "shards": [{"shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256"}]}
 
 Everything in it is a function of the parameters, so the same run gives the same manifest bytes.
-The config digest (a hash of everything above `totals`) tells a resumed run whether the shards
-already in a folder were made with the same settings.
+The config digest is the digest of the run record (`run_record`): everything above `totals` that
+shapes a shard's bytes.  Paths, the generator spec (its identity holds the weights digest), `n`
+and `max_candidates_per_sample` are left out: a moved file, a larger set or a larger candidate
+budget changes no finished shard, so such a rerun resumes.  Each shard's stats file holds the
+record, so a rerun with other settings can name the keys that differ.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from generator.interface import digest_bytes
+from generator.runs import record_digest
 from generator.synth.writer import ShardStats, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
@@ -31,13 +35,40 @@ class ManifestError(ValueError):
     """A manifest that is missing or cannot be read, with a message saying why."""
 
 
-def config_digest(run_record: dict[str, Any]) -> str:
-    """Digest of the settings that shape the data."""
-    return digest_bytes(json.dumps(run_record, sort_keys=True).encode())
+#: Settings that change no finished shard's bytes: a rerun with other values resumes.
+RESUMABLE_PARAMETERS = ("n", "max_candidates_per_sample")
+#: The modules whose code decides a shard's bytes; their digest is part of the run record, so
+#: finished shards are never mixed with shards an edited renderer makes.
+RENDERING_MODULES = ("worker", "writer", "filters", "masks", "samplers", "settings")
 
 
-def build_manifest(run_record: dict[str, Any], shards: list[ShardStats]) -> dict[str, Any]:
-    """The manifest of a complete set: the run's record, totals and one row per shard."""
+def code_digest() -> str:
+    """Digest of the rendering modules' source."""
+    folder = Path(__file__).parent
+    return digest_bytes(*((folder / f"{name}.py").read_bytes() for name in RENDERING_MODULES))
+
+
+def run_record(description: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a finished shard to be kept: the run's description less paths, the
+    generator spec and the resumable parameters."""
+    generator = {key: value for key, value in description["generator"].items() if key != "spec"}
+    direction = {key: value for key, value in description["direction"].items() if key != "path"}
+    latents = dict(description["latents"])
+    if latents.get("bank") is not None:
+        latents["bank"] = {key: value for key, value in latents["bank"].items() if key != "path"}
+    parameters = {key: value for key, value in description["parameters"].items()
+                  if key not in RESUMABLE_PARAMETERS}
+    return {**description, "generator": generator, "direction": direction, "latents": latents,
+            "parameters": parameters}
+
+
+def config_digest(description: dict[str, Any]) -> str:
+    """Digest of the run record of a run's description."""
+    return record_digest(run_record(description))
+
+
+def build_manifest(description: dict[str, Any], shards: list[ShardStats]) -> dict[str, Any]:
+    """The manifest of a complete set: the run's description, totals and one row per shard."""
     shards = sorted(shards, key=lambda stats: stats.shard)
     samples = sum(stats.samples for stats in shards)
     candidates = sum(stats.candidates for stats in shards)
@@ -49,12 +80,13 @@ def build_manifest(run_record: dict[str, Any], shards: list[ShardStats]) -> dict
     for stats in shards:
         row = stats.to_json()
         row.pop("config_digest")
+        row.pop("record")
         rows.append(row)
     return {
         "format_version": FORMAT_VERSION,
         "name": "synth",
-        "config_digest": config_digest(run_record),
-        **run_record,
+        "config_digest": config_digest(description),
+        **description,
         "totals": {"samples": samples, "candidates": candidates,
                    "acceptance_rate": round(samples / candidates, 6) if candidates else None,
                    "rejected_by": rejected_by},

@@ -45,6 +45,7 @@ class RenderJob:
     bank_path: str | None               # the resolved bank for the neighbourhood sampler
     output: str
     config_digest: str
+    record: dict[str, Any] | None = None   # the run record the digest is of (stored in the stats)
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -123,7 +124,8 @@ class ShardRenderer:
             size, digest = writer.close()
             timing["postprocess_s"] += time.perf_counter() - start
         return ShardStats(shard=shard, name=path.name, samples=kept, candidates=used, rejected_by=rejected,
-                          bytes=size, sha256=digest, config_digest=self.job.config_digest, timing=timing)
+                          bytes=size, sha256=digest, config_digest=self.job.config_digest, record=self.job.record,
+                          timing=timing)
 
     def _members(self, shard: int, position: int, candidate: int, pixels: np.ndarray, mask: np.ndarray,
                  fraction: float, source_index: int, z: np.ndarray) -> dict[str, bytes]:

@@ -2,8 +2,9 @@
 
 The same samples always give the same bytes: JPEG with a fixed quality and no optimisation
 pass, PNG at a fixed compression level, JSON with sorted keys, and tar members with a fixed
-mtime, owner and mode.  A shard is written under a hidden temporary name and renamed only when
-complete, so a file named `synth-000003.tar` is always a whole shard.
+mtime, owner and mode.  A shard is written under a unique hidden temporary name
+(generator/files.py) and renamed only when complete, so a file named `synth-000003.tar` is always
+a whole shard.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from generator.files import TEMPORARY_SUFFIX, atomic_write_bytes, temporary_beside
+
 SHARD_PREFIX = "synth"
 STATS_SUFFIX = ".stats.json"
-TEMP_SUFFIX = ".tmp"
+TEMP_SUFFIX = TEMPORARY_SUFFIX
 PNG_COMPRESS_LEVEL = 3          # masks are flat: level 3 is near level 6's size at 2/3 of the time
 
 
@@ -32,11 +35,6 @@ def shard_name(index: int) -> str:
 
 def stats_name(index: int) -> str:
     return f"{SHARD_PREFIX}-{index:06d}{STATS_SUFFIX}"
-
-
-def temp_path(path: Path) -> Path:
-    """Hidden temporary name beside the final one (same folder, so the rename is atomic)."""
-    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
 
 
 def sample_key(shard: int, position: int) -> str:
@@ -71,10 +69,8 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 
 def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
-    """JSON file under a temporary name, then renamed."""
-    tmp = temp_path(path)
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """JSON file (sorted keys) under a unique temporary name, then renamed."""
+    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
 def file_sha256(path: Path) -> str:
@@ -97,6 +93,8 @@ class ShardStats:
     bytes: int = 0
     sha256: str = ""
     config_digest: str = ""
+    # The run record the digest is of: a mismatch can then name the settings that differ.
+    record: dict[str, Any] | None = None
     # Seconds in G and in the rest; kept in memory only, so files stay the same bytes.
     timing: dict[str, float] = field(default_factory=dict, compare=False)
 
@@ -109,7 +107,7 @@ class ShardStats:
     def from_json(cls, record: dict[str, Any]) -> "ShardStats":
         fields = {key: record[key] for key in
                   ("shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256", "config_digest")}
-        return cls(**fields)
+        return cls(**fields, record=record.get("record"))
 
 
 class ShardWriter:
@@ -120,7 +118,7 @@ class ShardWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.tmp = temp_path(self.path)
+        self.tmp = temporary_beside(self.path)
         self._tar = tarfile.open(self.tmp, mode="w", format=tarfile.USTAR_FORMAT)
 
     def add(self, name: str, data: bytes) -> None:
