@@ -10,6 +10,7 @@ from generator.discovery.stage import run_stage
 from generator.interface import GeneratorSpecError
 from generator.params import load_params
 from generator.registry import build_generator
+from generator.runs import resolve_device
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,7 +37,8 @@ from generator.registry import build_generator
 @click.option("--no-checkpoint", is_flag=True, help="Neither resume from nor write checkpoints.")
 @click.option("--no-refine", is_flag=True,
               help="Save the chosen direction as it is, without refinement (discover.refine.enabled: false).")
-@click.option("--device", default=None, help="Torch device for the generator and the networks, e.g. cpu or cuda.")
+@click.option("--device", default=None,
+              help="Torch device for the generator and the networks: auto, cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(params_path, output, method, steps, directions, seed, magnitude, index, sign, automatic, checkpoint_dir,
          no_checkpoint, no_refine, device, quiet) -> None:
@@ -70,8 +72,8 @@ def main(params_path, output, method, steps, directions, seed, magnitude, index,
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         try:
-            device = torch.device(config.device)
-        except RuntimeError as error:
+            device = resolve_device(config.device)
+        except ValueError as error:
             raise ConfigError(f"discover.device: {error}") from error
         generator = build_generator(params["generator"]).to(device)
         outcome = run_stage(generator, config, output, progress=not quiet)
