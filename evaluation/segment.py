@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from evaluation.inference import image_size, plan_shape_batches, predict_images, prefetched
-from evaluation.model_folders import DEFAULT_MODEL_FOLDERS, default_model_folder
+from trainer.model_folders import DEFAULT_MODEL_FOLDERS, default_model_folder
 from evaluation.photos import NoPhotosError, Photo, UnsafeOutputError, find_photos, output_path
 from evaluation.predictors import UNetPredictor
 from generator.files import atomic_write_bytes

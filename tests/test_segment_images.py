@@ -14,7 +14,7 @@ from PIL import Image
 
 import evaluation.segment as segment
 from evaluation.inference import resize_to
-from evaluation.model_folders import default_model_folder
+from trainer.model_folders import default_model_folder
 from evaluation.photos import Photo, UnsafeOutputError, find_photos, output_path
 from generator.image_io import load_rgb, resize_shorter_side, to_unit_range
 from trainer.export import load_trained_model, save_trained_model
