@@ -11,11 +11,12 @@ import json
 import re
 from pathlib import Path
 
+from generator.synth.card import CARD_NAME
 from generator.synth.manifest import MANIFEST_NAME
 from generator.synth.writer import STATS_SUFFIX, TEMP_SUFFIX, ShardStats, shard_name, stats_name
 
 _OURS = re.compile(r"^\.?(synth-\d{6}\.tar|synth-\d{6}" + re.escape(STATS_SUFFIX) + "|"
-                   + re.escape(MANIFEST_NAME) + ")(" + re.escape(TEMP_SUFFIX) + ")?$")
+                   + re.escape(MANIFEST_NAME) + "|" + re.escape(CARD_NAME) + ")(" + re.escape(TEMP_SUFFIX) + ")?$")
 
 
 class FolderError(ValueError):
@@ -23,7 +24,8 @@ class FolderError(ValueError):
 
 
 def is_ours(name: str) -> bool:
-    """A file name gen-synth writes: shards, stats files, the manifest and their temporary names."""
+    """A file name gen-synth writes: shards, stats files, the manifest, the dataset card and their
+    temporary names."""
     match = _OURS.match(name)
     return bool(match) and name.startswith(".") == bool(match.group(2))
 

@@ -24,6 +24,7 @@ from generator.interface import Generator, GeneratorSpecError, digest_file
 from generator.params import load_params
 from generator.registry import build_generator
 from generator.synth import folder as output_folder
+from generator.synth.card import write_card
 from generator.synth.distributor import run_shards
 from generator.synth.manifest import MANIFEST_NAME, build_manifest, config_digest, write_manifest
 from generator.synth.samplers import LatentBankError, load_latent_bank
@@ -166,6 +167,7 @@ def synthesize(settings: SynthSettings, spec: dict[str, Any], *, bank_given: boo
     elapsed = time.perf_counter() - start
 
     manifest = build_manifest(run_record, [*done.values(), *made])
+    manifest["card"] = write_card(folder, manifest)     # before the manifest, which lists its checksum
     write_manifest(folder, manifest)
     _report(manifest, made, elapsed, echo)
     return RunSummary(manifest, made, elapsed)
