@@ -248,3 +248,18 @@ def test_a_symlinked_photo_folder_is_not_walked(photos, tmp_path):
     assert "link/z.jpg" not in [photo.relative.as_posix() for photo in find_photos(photos)]
     assert [photo.relative for photo in find_photos(photos / "a.jpg")] == [Path("a.jpg")]
     assert isinstance(find_photos(photos)[0], Photo)
+
+
+def test_bad_device_and_help(photos, model, tmp_path):
+    result = run(photos, tmp_path / "masks", "--model", model, "--device", "nonsense", expect=1)
+    assert "unknown device" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(segment.main, ["--help"])
+    assert result.exit_code == 0 and "Exit status" in result.output and "--threshold" in result.output
+
+
+def test_threads_and_batch_size_do_not_change_the_maps(photos, model, tmp_path):
+    run(photos, tmp_path / "one", "--model", model, "--batch-size", "1", "--threads", "1")
+    run(photos, tmp_path / "many", "--model", model, "--batch-size", "8", "--threads", "2")
+    for relative in PHOTOS:
+        difference = mask_of(tmp_path / "one", relative).astype(int) - mask_of(tmp_path / "many", relative)
+        assert np.abs(difference).max() <= 1          # float summation order only: one grey level at most
