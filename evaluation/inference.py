@@ -38,7 +38,7 @@ def image_size(path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(path, f"cannot read image header ({error})") from error
     return height, width
 

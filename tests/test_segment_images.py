@@ -271,3 +271,10 @@ def test_threads_and_batch_size_do_not_change_the_maps(photos, model, tmp_path, 
     for relative in PHOTOS:
         difference = mask_of(tmp_path / "one", relative).astype(int) - mask_of(tmp_path / "many", relative)
         assert np.abs(difference).max() <= 1          # float summation order only: one grey level at most
+
+
+def test_a_photo_too_large_to_open_is_skipped_not_fatal(photos, model, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)   # Pillow refuses > 2 x 600 pixels: b (45 x 31), e (61 x 20)
+    result = run(photos, tmp_path / "masks", "--model", model, expect=segment.EXIT_SKIPPED)
+    assert "b.PNG:" in result.output and "e.JPEG:" in result.output and "2 photos skipped" in result.output
+    assert sorted(p.name for p in (tmp_path / "masks").rglob("*.png")) == ["a.png", "c.png", "d.png"]
