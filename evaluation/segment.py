@@ -235,7 +235,7 @@ def main(source: str, output: str, model: str | None, threshold: float | None, o
     except NoPhotosError as error:
         raise click.ClickException(str(error)) from error
     # Never segment earlier outputs: photos inside OUTPUT (OUTPUT within SOURCE) are left out.
-    inside = [photo for photo in photos if photo.path.resolve().is_relative_to(output_folder.resolve())]
+    inside = {photo for photo in photos if photo.path.resolve().is_relative_to(output_folder.resolve())}
     if inside:
         click.echo(f"segment-images: ignoring {len(inside)} files inside the output folder {output_folder}", err=True)
         photos = [photo for photo in photos if photo not in inside]
