@@ -32,6 +32,14 @@ def save_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """--threads sets torch's process-wide thread count: give the rest of the suite its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return save_model(tmp_path_factory.mktemp("model") / "model")
@@ -257,15 +265,7 @@ def test_bad_device_and_help(photos, model, tmp_path):
     assert result.exit_code == 0 and "Exit status" in result.output and "--threshold" in result.output
 
 
-@pytest.fixture
-def keep_torch_threads():
-    """--threads sets torch's process-wide thread count: give the rest of the suite its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_threads_and_batch_size_do_not_change_the_maps(photos, model, tmp_path, keep_torch_threads):
+def test_threads_and_batch_size_do_not_change_the_maps(photos, model, tmp_path):
     run(photos, tmp_path / "one", "--model", model, "--batch-size", "1", "--threads", "1")
     run(photos, tmp_path / "many", "--model", model, "--batch-size", "8", "--threads", "2")
     for relative in PHOTOS:
