@@ -273,6 +273,7 @@ def test_threads_and_batch_size_do_not_change_the_maps(photos, model, tmp_path):
         assert np.abs(difference).max() <= 1          # float summation order only: one grey level at most
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_a_photo_too_large_to_open_is_skipped_not_fatal(photos, model, tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)   # Pillow refuses > 2 x 600 pixels: b (45 x 31), e (61 x 20)
     result = run(photos, tmp_path / "masks", "--model", model, expect=segment.EXIT_SKIPPED)
