@@ -6,13 +6,16 @@ the model's input size (bilinear, antialiased when shrinking: `resize_shorter_si
 Images whose resized shapes agree are predicted together; their shapes are read from the file
 headers first, so grouping costs no decoding.  Images are decoded in a background thread while
 the previous batch is predicted.
+
+The evaluator (`predict_benchmark`) and `segment-images` both go through `plan_shape_batches`,
+`prefetched` and `predict_images`, so a photo is segmented exactly as a benchmark image is.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -35,20 +38,26 @@ def image_size(path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(path, f"cannot read image header ({error})") from error
     return height, width
 
 
-def plan_batches(pairs: Sequence[Pair], side: int, batch_size: int) -> list[list[int]]:
-    """Indices of `pairs` grouped by resized input shape, at most batch_size each, in a fixed order."""
+def plan_shape_batches(shapes: Sequence[tuple[int, int]], side: int, batch_size: int) -> list[list[int]]:
+    """Indices of images of (height, width) `shapes` grouped by resized input shape, at most
+    batch_size each, in a fixed order (first appearance of each shape)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     groups: dict[tuple[int, int], list[int]] = {}
-    for index, pair in enumerate(pairs):
-        groups.setdefault(input_shape(*image_size(pair.image), side), []).append(index)
+    for index, shape in enumerate(shapes):
+        groups.setdefault(input_shape(*shape, side), []).append(index)
     return [members[start:start + batch_size] for members in groups.values()
             for start in range(0, len(members), batch_size)]
+
+
+def plan_batches(pairs: Sequence[Pair], side: int, batch_size: int) -> list[list[int]]:
+    """Indices of `pairs` grouped by resized input shape, at most batch_size each, in a fixed order."""
+    return plan_shape_batches([image_size(pair.image) for pair in pairs], side, batch_size)
 
 
 @dataclass
@@ -66,30 +75,55 @@ def resize_to(probabilities: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     if tuple(probabilities.shape[-2:]) != tuple(size):
         probabilities = F.interpolate(probabilities[None, None], size=size, mode="bilinear",
                                       align_corners=False)[0, 0]
-    return probabilities.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)
+    # not in place: the map may be an inference-mode tensor when no resize was needed
+    return probabilities.clamp(0.0, 1.0).numpy().astype(np.float32, copy=False)
 
 
-def _load(benchmark: Benchmark, pairs: list[Pair]) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(load_rgb(pair.image), benchmark.read_mask(pair)) for pair in pairs]
+def input_side(predictors: Sequence[Predictor]) -> int:
+    """The input size every predictor shares (they are run on the same resized batch)."""
+    sides = {predictor.input_size for predictor in predictors}
+    if len(sides) != 1:
+        raise ValueError(f"predictors evaluated together must share an input size, got {sorted(sides)}")
+    return sides.pop()
+
+
+def predict_images(predictors: Sequence[Predictor], images: Sequence[np.ndarray],
+                   sizes: Sequence[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
+    """The protocol for one batch: H x W x 3 uint8 images whose resized shapes agree (see
+    `plan_shape_batches`) -> per image, each predictor's probability map resized to its `sizes` entry."""
+    side = input_side(predictors)
+    inputs = torch.cat([resize_shorter_side(to_unit_range(image)[None], side) for image in images])
+    outputs = {predictor.name: predictor(inputs) for predictor in predictors}
+    return [{name: resize_to(output[index], size) for name, output in outputs.items()}
+            for index, size in enumerate(sizes)]
+
+
+Batch = TypeVar("Batch")
+Loaded = TypeVar("Loaded")
+
+
+def prefetched(batches: Sequence[Batch], load: Callable[[Batch], Loaded]) -> Iterator[tuple[Batch, Loaded]]:
+    """(batch, load(batch)) in order, the next batch loading in a background thread meanwhile."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(load, batches[0]) if batches else None
+        for number, batch in enumerate(batches):
+            loaded = pending.result()
+            if number + 1 < len(batches):
+                pending = reader.submit(load, batches[number + 1])
+            yield batch, loaded
 
 
 def predict_benchmark(benchmark: Benchmark, predictors: Sequence[Predictor], batch_size: int = 16,
                       limit: int | None = None) -> Iterator[Prediction]:
     """Run every predictor over the benchmark's pairs by the protocol; yields one `Prediction` per image."""
-    sides = {predictor.input_size for predictor in predictors}
-    if len(sides) != 1:
-        raise ValueError(f"predictors evaluated together must share an input size, got {sorted(sides)}")
-    side = sides.pop()
+    side = input_side(predictors)
     pairs = benchmark.pairs[:limit] if limit else benchmark.pairs
     batches = [[pairs[i] for i in batch] for batch in plan_batches(pairs, side, batch_size)]
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(_load, benchmark, batches[0]) if batches else None
-        for number, batch in enumerate(batches):
-            loaded = pending.result()
-            if number + 1 < len(batches):
-                pending = reader.submit(_load, benchmark, batches[number + 1])
-            inputs = torch.cat([resize_shorter_side(to_unit_range(image)[None], side) for image, _ in loaded])
-            outputs = {predictor.name: predictor(inputs) for predictor in predictors}
-            for index, (pair, (image, mask)) in enumerate(zip(batch, loaded)):
-                maps = {name: resize_to(output[index], mask.shape) for name, output in outputs.items()}
-                yield Prediction(pair, image, mask, maps)
+
+    def load(batch: list[Pair]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(load_rgb(pair.image), benchmark.read_mask(pair)) for pair in batch]
+
+    for batch, loaded in prefetched(batches, load):
+        maps = predict_images(predictors, [image for image, _ in loaded], [mask.shape for _, mask in loaded])
+        for pair, (image, mask), pair_maps in zip(batch, loaded, maps):
+            yield Prediction(pair, image, mask, pair_maps)

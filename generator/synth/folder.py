@@ -14,12 +14,13 @@ import re
 from pathlib import Path
 
 from generator.runs import LOCK_NAME, OutputLock, may_resume
+from generator.synth.card import CARD_NAME
 from generator.synth.manifest import MANIFEST_NAME
 from generator.synth.writer import STATS_SUFFIX, TEMP_SUFFIX, ShardStats, shard_name
 
 # Final names, and the unique hidden temporary names of generator/files.py (`.NAME.XXXX.tmp`).
 _OURS = re.compile(r"^\.?(synth-\d{6}\.tar|synth-\d{6}" + re.escape(STATS_SUFFIX) + "|"
-                   + re.escape(MANIFEST_NAME) + r")((\.\w+)?" + re.escape(TEMP_SUFFIX) + ")?$")
+                   + re.escape(MANIFEST_NAME) + "|" + re.escape(CARD_NAME) + r")((\.\w+)?" + re.escape(TEMP_SUFFIX) + ")?$")
 
 
 class FolderError(ValueError):
@@ -27,7 +28,8 @@ class FolderError(ValueError):
 
 
 def is_ours(name: str) -> bool:
-    """A file name gen-synth writes: shards, stats files, the manifest, their temporary names, the lock."""
+    """A file name gen-synth writes: shards, stats files, the manifest, the dataset card, their
+    temporary names, the lock."""
     if name == LOCK_NAME:
         return True
     match = _OURS.match(name)

@@ -23,6 +23,7 @@ from generator.params import load_params
 from generator.registry import build_generator
 from generator.runs import FolderLocked, RecordMismatch, resolve_device
 from generator.synth import folder as output_folder
+from generator.synth.card import write_card
 from generator.synth.distributor import WorkerFailed, run_shards
 from generator.synth.manifest import (MANIFEST_NAME, build_manifest, code_digest, config_digest, run_record,
                                      write_manifest)
@@ -191,6 +192,7 @@ def _synthesize_locked(settings, spec, generator, direction, bank_path, bank, de
     elapsed = time.perf_counter() - start
 
     manifest = build_manifest(description, [*done.values(), *made])
+    manifest["card"] = write_card(folder, manifest)     # before the manifest, which lists its checksum
     write_manifest(folder, manifest)
     _report(manifest, made, elapsed, echo)
     return RunSummary(manifest, made, elapsed)

@@ -7,7 +7,11 @@
      "parameters": {n, shard_size, seed, ..., "filters": {...}},
      "members": ["jpg", "mask.png", "json"], "image_size": 128, "code": "digest of the rendering modules",
      "totals": {"samples", "candidates", "acceptance_rate", "rejected_by": {...}},
-     "shards": [{"shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256"}]}
+     "shards": [{"shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256"}],
+     "card": {"name": "README.md", "bytes", "sha256"}}
+
+`card` (the dataset card, generator/synth/card.py) is added by gen-synth after `build_manifest`;
+sets made before cards existed have none, and readers treat it as optional.
 
 Everything in it is a function of the parameters, so the same run gives the same manifest bytes.
 The config digest is the digest of the run record (`run_record`): everything above `totals` that

@@ -1,8 +1,8 @@
 """`synth-verify`: check a shard set against its manifest, reading it as any consumer would.
 
 Checks: every listed shard exists with the recorded size and sha256, no unlisted shard lies
-beside them, every sample has exactly the manifest's members under a dot-free key, every member
-decodes (JPEG, 8-bit 0/255 PNG mask of the right size, JSON that agrees with the manifest, float32
+beside them, the dataset card (README.md) has the size and sha256 the manifest lists, every
+sample has exactly the manifest's members under a dot-free key, every member decodes (JPEG, 8-bit 0/255 PNG mask of the right size, JSON that agrees with the manifest, float32
 latents read without pickle), and the counts add up.  Problems are listed, and the exit is non-zero.
 """
 
@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from generator.params import load_params
+from generator.synth.card import check_card
 from generator.synth.manifest import ManifestError, read_manifest
 from generator.synth.settings import SynthSettings
 from generator.synth.writer import file_sha256
@@ -162,6 +163,7 @@ def verify_folder(folder: str | Path, decode: bool = True, progress: bool = Fals
                                f"its shards hold {expected['samples']}")
     if [row["shard"] for row in rows] != list(range(len(rows))):
         report.problems.append("manifest shards are not numbered 0, 1, 2, ... in order")
+    report.problems.extend(check_card(folder, manifest))
     return report
 
 
