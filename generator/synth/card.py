@@ -13,13 +13,13 @@ The licence is the owner's call: the card says `license: unknown` (an identifier
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from generator.synth.writer import file_sha256, temp_path
+from generator.files import atomic_write_bytes
+from generator.synth.writer import file_sha256
 
 CARD_NAME = "README.md"
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -157,9 +157,7 @@ def _describe_filter(settings: dict[str, Any]) -> str:
 def write_card(folder: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write the card atomically; return the manifest's entry for it (name, bytes, sha256)."""
     path = Path(folder) / CARD_NAME
-    tmp = temp_path(path)
-    tmp.write_text(render_card(manifest))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, render_card(manifest).encode())
     return {"name": CARD_NAME, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
