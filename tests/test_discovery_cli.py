@@ -29,10 +29,13 @@ TINY = {
 }
 
 
-def write_params(tmp_path, generator=GENERATOR, **changes):
+SYNTH = {"sampler": "gaussian"}  # scoring draws its latents as gen-synth would: here z ~ N(0, I)
+
+
+def write_params(tmp_path, generator=GENERATOR, synth=SYNTH, **changes):
     discover = {**TINY, "checkpoint_dir": str(tmp_path / "checkpoints"), **changes}
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"generator": generator, "discover": discover}))
+    path.write_text(yaml.safe_dump({"generator": generator, "discover": discover, "synth": synth}))
     return path
 
 
@@ -191,3 +194,32 @@ def test_an_override_below_the_floor_is_kept_with_a_warning(tmp_path):
     assert "warning: the override is kept" in result.output
     direction = load_direction(out / "direction.json")
     assert (direction.index, direction.sign, direction.chosen_by) == (1, -1, "override")
+
+
+def test_candidates_are_scored_under_the_synthesis_filters_and_sampler(tmp_path):
+    bank = tmp_path / "bank.npy"
+    np.save(bank, np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32))
+    synth = {"sampler": "neighbourhood", "alpha": 0.5, "bank": str(bank),
+             "filters": {"histogram": {"enabled": False}}}
+    out = tmp_path / "directions"
+    result = invoke("--params", str(write_params(tmp_path, synth=synth)), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["scoring"]["sampler"] == "neighbourhood" and scores["scoring"]["alpha"] == 0.5
+    assert scores["scoring"]["bank"] == str(bank)
+    assert scores["scoring"]["filters"]["histogram"]["enabled"] is False
+    assert all("histogram" not in c["rejected_by"] or c["rejected_by"]["histogram"] == 0
+               for c in scores["candidates"])
+
+
+def test_scoring_rules_are_not_set_in_the_discover_section(tmp_path):
+    params = write_params(tmp_path, scoring={**TINY["scoring"], "filters": {}})
+    result = CliRunner().invoke(main, ["--params", str(params), "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code != 0 and "set synth.filters instead" in result.output
+
+
+def test_a_missing_bank_for_the_neighbourhood_sampler_is_a_clear_error(tmp_path):
+    synth = {"sampler": "neighbourhood", "bank": str(tmp_path / "absent.npy")}
+    result = CliRunner().invoke(main, ["--params", str(write_params(tmp_path, synth=synth)),
+                                       "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code != 0 and "no latent bank" in result.output

@@ -13,8 +13,10 @@ def test_the_project_params_file_is_a_valid_discover_section():
     assert config.magnitude == 5.0 and config.override is None
     section = load_section("discover")
     # every setting of every method is a key of the section, so the paper's profile can be written down
-    for name in ("latent_discovery", "single_direction", "scoring"):
+    for name in ("latent_discovery", "single_direction", "scoring", "refine"):
         fields = {f.name for f in dataclasses.fields(getattr(config, name))}
+        if name == "scoring":  # the synthesis rules come from the synth section
+            fields -= {"filters", "sampler", "alpha", "bank"}
         assert fields == set(section[name]), name
     assert {f.name for f in dataclasses.fields(config)} == set(section)
 
@@ -36,7 +38,8 @@ def test_with_changes_reaches_nested_fields_and_validates():
 
 @pytest.mark.parametrize("section, message", [
     ({"extra": 1}, "unknown keys in discover: extra"),
-    ({"scoring": {"filters": {"size": {"bogus": 1}}}}, "scoring.filters: unknown settings in filters.size"),
+    ({"scoring": {"filters": {}}}, "discover.scoring cannot set filters.*set synth.filters instead"),
+    ({"scoring": {"alpha": 0.1}}, "discover.scoring cannot set alpha"),
     ({"latent_discovery": {"steps": 2.5}}, "must be an integer"),
     ({"latent_discovery": {"lr_directions": "fast"}}, "must be a number"),
     ({"latent_discovery": {"direction_type": "curved"}}, "direction_type must be one of"),
@@ -52,3 +55,15 @@ def test_with_changes_reaches_nested_fields_and_validates():
 def test_bad_sections_are_clear_errors(section, message):
     with pytest.raises(ConfigError, match=message):
         DiscoverConfig.from_params(section)
+
+
+def test_scoring_takes_the_synthesis_rules_from_the_synth_section():
+    config = DiscoverConfig.from_params({"scoring": {"batch_size": 8}},
+                                        synth={"sampler": "neighbourhood", "alpha": 0.3, "bank": "b.npy",
+                                               "filters": {"size": {"max_foreground": 0.4}}})
+    assert (config.scoring.batch_size, config.scoring.sampler, config.scoring.alpha) == (8, "neighbourhood", 0.3)
+    assert config.scoring.bank == "b.npy" and config.scoring.filters["size"]["max_foreground"] == 0.4
+    defaults = DiscoverConfig.from_params(None, synth={})  # gen-synth's defaults
+    assert defaults.scoring.sampler == "neighbourhood" and defaults.scoring.alpha == 0.2
+    with pytest.raises(ConfigError, match="synth.filters: unknown settings in filters.size"):
+        DiscoverConfig.from_params({}, synth={"filters": {"size": {"bogus": 1}}})

@@ -2,7 +2,8 @@
 
 Runs `dvc repro` for real in a scratch copy of the project (the `testing` generator, a few photos
 and a four-image benchmark made here), then checks what a user relies on: a second repro does
-nothing, changing `synth.alpha` re-runs only synthesize, train and evaluate, and the shards travel
+nothing, changing `synth.alpha` re-scores the direction (from discovery's finished checkpoint) and
+re-runs synthesize, train and evaluate, and the shards travel
 through a DVC remote into a fresh clone where the README's plain-webdataset snippet reads them.
 """
 
@@ -138,11 +139,15 @@ def test_editing_code_synthesis_does_not_import_reruns_nothing(project, first_re
     assert stages_run(run(["dvc", "repro"], project)) == set()
 
 
-def test_changing_alpha_reruns_only_synthesize_train_evaluate(project, first_repro):
+def test_changing_alpha_rescores_the_direction_and_reruns_synthesize_train_evaluate(project, first_repro):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["synth"]["alpha"] = 0.3
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(run(["dvc", "repro"], project)) == {"synthesize", "train", "evaluate"}
+    output = run(["dvc", "repro"], project)
+    # candidates are scored on the latents synthesis draws, so the direction is chosen again, but
+    # discovery itself is not rerun: its finished checkpoint is reused
+    assert stages_run(output) == {"discover", "synthesize", "train", "evaluate"}
+    assert "all steps from the checkpoint" in output
 
 
 def test_repro_killed_in_synthesize_resumes_without_remaking_finished_shards(tmp_path):

@@ -249,3 +249,21 @@ def test_help_explains_every_option():
     for option in ("--n", "--alpha", "--output", "--generator", "--direction", "--bank", "--shard-size",
                    "--seed", "--workers", "--batch-size", "--device", "--resume", "--overwrite"):
         assert option in result.output
+
+
+def test_empty_masks_are_counted_in_the_manifest(project):
+    generator = ShapesGenerator(resolution=RESOLUTION)
+    # darker everywhere: every mask is empty, and with the histogram filter off nothing rejects it
+    save_direction(Direction.from_vector(-generator.planted_direction("brightness"), generator.identity),
+                   project / "direction.json")
+    write_params(project, filters={"histogram": {"enabled": False}})
+    run("--n", 12)
+    manifest = json.loads((project / "shards" / "manifest.json").read_text())
+    assert manifest["totals"]["empty_masks"] == 12
+    assert sum(row["empty_masks"] for row in manifest["shards"]) == 12
+
+
+def test_a_set_of_object_masks_counts_no_empty_one(project):
+    run("--n", 12)
+    manifest = json.loads((project / "shards" / "manifest.json").read_text())
+    assert manifest["totals"]["empty_masks"] == 0

@@ -61,7 +61,7 @@ def main(params_path, output, method, steps, directions, seed, magnitude, index,
         raise click.BadParameter("--automatic and --index/--sign contradict each other", param_hint="--automatic")
     try:
         params = load_params(params_path)
-        config = DiscoverConfig.from_params(params.get("discover"))
+        config = DiscoverConfig.from_params(params.get("discover"), synth=params.get("synth") or {})
         config = apply_options(config, method=method, steps=steps, directions=directions, seed=seed,
                                magnitude=magnitude, index=index, sign=sign, automatic=automatic,
                                checkpoint_dir=checkpoint_dir, no_checkpoint=no_checkpoint, device=device)

@@ -103,7 +103,14 @@ class ScoringConfig:
     border_width: float = 0.05           # border band, as a fraction of the side
     sheet_candidates: int = 4            # contact sheet: best candidates shown (both signs each)
     sheet_samples: int = 4               # contact sheet: samples per row
-    filters: dict = field(default_factory=dict)  # synth.filters' layout; empty: the paper's text
+    # The rules synthesis uses, taken from the `synth` section (never set in discover.scoring), so
+    # the direction is chosen under the rules it is used with: the filters, and the latents the
+    # masks are made from (the synthesis sampler).  Without a synth section: the paper's filters
+    # and z ~ N(0, I).
+    filters: dict = field(default_factory=dict)  # synth.filters' layout
+    sampler: str = "gaussian"            # synth.sampler: gaussian | neighbourhood
+    alpha: float = 0.0                   # synth.alpha
+    bank: str | None = None              # synth.bank (the bundled bank when it does not exist)
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "border_width", "sheet_candidates", "sheet_samples")
@@ -185,11 +192,24 @@ class DiscoverConfig:
             raise ConfigError(f"discover.min_score must lie in [0, 1) (scores do), got {self.min_score}")
 
     @classmethod
-    def from_params(cls, section: Mapping[str, Any] | None) -> "DiscoverConfig":
-        """Build from the `discover` section of params.yaml; missing keys take the defaults."""
+    def from_params(cls, section: Mapping[str, Any] | None,
+                    synth: Mapping[str, Any] | None = None) -> "DiscoverConfig":
+        """Build from the `discover` section of params.yaml; missing keys take the defaults.  With
+        the `synth` section (`{}` for an absent one), candidates are scored under its filters and
+        sampler, the rules gen-synth uses."""
         if section is not None and not isinstance(section, Mapping):
             raise ConfigError(f"discover must be a mapping, got {type(section).__name__}")
         section = dict(section or {})
+        scoring = section.get("scoring")
+        if isinstance(scoring, Mapping):
+            borrowed = sorted(set(scoring) & set(SYNTHESIS_RULES))
+            if borrowed:
+                raise ConfigError(f"discover.scoring cannot set {', '.join(borrowed)}: candidates are scored "
+                                  f"under synthesis's own rules; set synth.{borrowed[0]} instead")
+            if synth is not None:
+                section["scoring"] = {**scoring, **synthesis_rules(synth)}
+        elif scoring is None and synth is not None:
+            section["scoring"] = synthesis_rules(synth)
         nested = {"latent_discovery": LatentDiscoveryConfig, "single_direction": SingleDirectionConfig,
                   "scoring": ScoringConfig, "refine": RefineConfig}
         for key, kind in nested.items():
@@ -215,6 +235,21 @@ class DiscoverConfig:
             except TypeError as error:
                 raise ConfigError(f"discover.{head}: {error}") from error
         return dataclasses.replace(self, **top)
+
+
+SYNTHESIS_RULES = ("filters", "sampler", "alpha", "bank")
+
+
+def synthesis_rules(synth: Mapping[str, Any]) -> dict[str, Any]:
+    """The scoring fields taken from the `synth` section, checked as gen-synth checks them."""
+    from generator.synth.settings import SettingsError, SynthSettings
+
+    try:
+        settings = SynthSettings.from_params(synth)
+    except SettingsError as error:
+        raise ConfigError(str(error)) from error
+    return {"filters": settings.filters.to_params(), "sampler": settings.sampler, "alpha": float(settings.alpha),
+            "bank": settings.bank}
 
 
 def _build(kind: type, values: Any, where: str) -> Any:

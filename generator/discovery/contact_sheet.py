@@ -59,7 +59,7 @@ def make_contact_sheet(generator: Generator, candidates: torch.Tensor, scores: l
     """Render the contact sheet as a PIL image (see the module docstring)."""
     rows = sheet_rows(scores, choice, config.sheet_candidates)
     samples = min(config.sheet_samples, config.batch_size)
-    z = scoring_latents(generator, config.batch_size, seed)[:samples]
+    z = scoring_latents(generator, config, seed)[:samples]
     filters = filter_config(config)
     side = generator.resolution
     tile = min(MAX_TILE, side * max(1, math.ceil(MIN_TILE / side)))

@@ -1,6 +1,8 @@
 """Scores every candidate direction and sign by the masks it makes (DESIGN.md section 3).
 
-All candidates are scored on one fixed, seeded batch z_1..z_n at the same magnitude.  For a
+All candidates are scored on one fixed, seeded batch z_1..z_n at the same magnitude, drawn by the
+synthesis sampler and judged by the synthesis filters (both from the `synth` section), so that h_bg
+is chosen under the rules gen-synth will use it with.  For a
 candidate v and sign s, each sample i gives M_i = [gray(G(z_i + s m v)) > gray(G(z_i))], which
 the synthesis filters then judge and edit.  Per sample:
 
@@ -38,6 +40,7 @@ from generator.discovery.randomness import step_rng
 from generator.interface import Generator
 from generator.synth.filters import FilterConfig, FilterResult, apply_filters, component_structure
 from generator.synth.masks import synthesize_masks
+from generator.synth.samplers import NeighbourhoodSampler, load_latent_bank, resolve_bank_path
 
 SCORE_FORMULA = "total = mean over the batch of passed * in_range * (1 - border) * coherence"
 
@@ -71,9 +74,15 @@ class Rendered:
     filtered: FilterResult
 
 
-def scoring_latents(generator: Generator, batch_size: int, seed: int) -> torch.Tensor:
-    """The fixed batch every candidate is scored on: z ~ N(0, I) from the seed alone."""
-    return torch.randn(batch_size, generator.latent_dim, generator=step_rng(seed, "score"))
+def scoring_latents(generator: Generator, config: ScoringConfig, seed: int) -> torch.Tensor:
+    """The fixed batch every candidate is scored on, drawn as synthesis draws its latents: z ~ N(0, I)
+    from the seed alone, or the neighbourhood sampler over the bank (its stream for shard 0)."""
+    if config.sampler == "gaussian":
+        return torch.randn(config.batch_size, generator.latent_dim, generator=step_rng(seed, "score"))
+    path = resolve_bank_path(config.sampler, config.bank, generator.bundled_latent_bank)
+    bank = load_latent_bank(path, generator.latent_dim, generator.identity)
+    batch = NeighbourhoodSampler(bank, config.alpha).sample(seed, 0, np.arange(config.batch_size))
+    return torch.from_numpy(batch.z)
 
 
 def filter_config(config: ScoringConfig) -> FilterConfig:
@@ -140,7 +149,7 @@ def score_candidates(generator: Generator, candidates: torch.Tensor, magnitude: 
         raise ValueError(f"candidates must be latent_dim x K = {generator.latent_dim} x K, "
                          f"got {tuple(candidates.shape)}")
     filters = filter_config(config)
-    z = scoring_latents(generator, config.batch_size, seed)
+    z = scoring_latents(generator, config, seed)
     with torch.no_grad():
         images = generator.generate(z.to(generator.device)).cpu()
     scores = []

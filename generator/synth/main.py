@@ -27,7 +27,7 @@ from generator.synth.card import write_card
 from generator.synth.distributor import WorkerFailed, run_shards
 from generator.synth.manifest import (MANIFEST_NAME, build_manifest, code_digest, config_digest, run_record,
                                      write_manifest)
-from generator.synth.samplers import LatentBankError, load_latent_bank
+from generator.synth.samplers import LatentBankError, load_latent_bank, resolve_bank_path
 from generator.synth.settings import SAMPLERS, SynthSettings
 from generator.synth.worker import CandidateBudgetExceeded, RenderJob
 from generator.synth.writer import ShardStats, stats_name, write_json_atomic
@@ -35,16 +35,10 @@ from generator.synth.writer import ShardStats, stats_name, write_json_atomic
 
 def resolve_bank(settings: SynthSettings, generator: Generator, bank_given: bool) -> Path | None:
     """The bank the neighbourhood sampler draws from: --bank, the embed stage's, or the bundled one."""
-    if settings.sampler == "gaussian":
-        return None
-    path = Path(settings.bank)
-    if path.is_file() or bank_given:
-        return path
-    if generator.bundled_latent_bank is not None:
-        return Path(generator.bundled_latent_bank)
-    raise click.ClickException(
-        f"no latent bank: {path} does not exist and {generator.identity} ships none; run the embed stage "
-        f"(dvc repro embed), pass --bank, or use --sampler gaussian")
+    try:
+        return resolve_bank_path(settings.sampler, settings.bank, generator.bundled_latent_bank, bank_given)
+    except LatentBankError as error:
+        raise click.ClickException(f"{error} (for {generator.identity})") from error
 
 
 def describe_run(settings: SynthSettings, generator: Generator, spec: dict[str, Any], direction,

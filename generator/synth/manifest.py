@@ -6,8 +6,8 @@
      "latents": {"sampler", "alpha", "bank": {"path", "digest", "count"} or null},
      "parameters": {n, shard_size, seed, ..., "filters": {...}},
      "members": ["jpg", "mask.png", "json"], "image_size": 128, "code": "digest of the rendering modules",
-     "totals": {"samples", "candidates", "acceptance_rate", "rejected_by": {...}},
-     "shards": [{"shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256"}],
+     "totals": {"samples", "candidates", "acceptance_rate", "rejected_by": {...}, "empty_masks"},
+     "shards": [{"shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256", "empty_masks"}],
      "card": {"name": "README.md", "bytes", "sha256"}}
 
 `card` (the dataset card, generator/synth/card.py) is added by gen-synth after `build_manifest`;
@@ -93,7 +93,7 @@ def build_manifest(description: dict[str, Any], shards: list[ShardStats]) -> dic
         **description,
         "totals": {"samples": samples, "candidates": candidates,
                    "acceptance_rate": round(samples / candidates, 6) if candidates else None,
-                   "rejected_by": rejected_by},
+                   "rejected_by": rejected_by, "empty_masks": sum(stats.empty_masks for stats in shards)},
         "shards": rows,
     }
 

@@ -54,6 +54,21 @@ def _check_bank_generator(path: Path, generator_identity: str) -> None:
                               f"run the embed stage for this generator (dvc repro embed)")
 
 
+def resolve_bank_path(sampler: str, bank: str | Path, bundled: str | Path | None,
+                      bank_given: bool = False) -> Path | None:
+    """The bank the neighbourhood sampler draws from: `bank` (the embed stage's output, or one the
+    user named), else the generator's bundled bank; None for the Gaussian sampler."""
+    if sampler == "gaussian":
+        return None
+    path = Path(bank)
+    if path.is_file() or bank_given:
+        return path
+    if bundled is not None:
+        return Path(bundled)
+    raise LatentBankError(f"no latent bank: {path} does not exist and the generator ships none; run the embed "
+                          f"stage (dvc repro embed), pass --bank, or use the gaussian sampler")
+
+
 def candidate_rng(key: np.ndarray, counter: int) -> np.random.Generator:
     """The random stream of one candidate: the shard's key, counter block j (2**64 draws apart)."""
     return np.random.Generator(np.random.Philox(key=key, counter=[0, int(counter), 0, 0]))

@@ -78,7 +78,7 @@ class ShardRenderer:
         budget = settings.max_candidates_per_sample * settings.shard_size
         rejected = {name: 0 for name in settings.filters.order if name in REJECTING_FILTERS}
         timing = {"sample_s": 0.0, "generate_s": 0.0, "postprocess_s": 0.0}
-        kept = used = 0
+        kept = used = empty = 0
         path = Path(self.job.output) / shard_name(shard)
         with ShardWriter(path) as writer:
             while kept < count:
@@ -116,6 +116,7 @@ class ShardRenderer:
                                                     result.masks[i], float(result.foreground_fraction[i]),
                                                     int(batch.source_index[i]), batch.z[i]))
                 kept += len(passing)
+                empty += int(np.count_nonzero(result.foreground_fraction[passing] == 0))
                 used += int(considered)
                 timing["postprocess_s"] += time.perf_counter() - start
                 if progress is not None:
@@ -124,7 +125,8 @@ class ShardRenderer:
             size, digest = writer.close()
             timing["postprocess_s"] += time.perf_counter() - start
         return ShardStats(shard=shard, name=path.name, samples=kept, candidates=used, rejected_by=rejected,
-                          bytes=size, sha256=digest, config_digest=self.job.config_digest, record=self.job.record,
+                          bytes=size, sha256=digest, empty_masks=empty, config_digest=self.job.config_digest,
+                          record=self.job.record,
                           timing=timing)
 
     def _members(self, shard: int, position: int, candidate: int, pixels: np.ndarray, mask: np.ndarray,

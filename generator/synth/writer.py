@@ -93,6 +93,8 @@ class ShardStats:
     bytes: int = 0
     sha256: str = ""
     config_digest: str = ""
+    # Kept samples whose mask is empty (no filter rejects them; counted so a set says how many).
+    empty_masks: int = 0
     # The run record the digest is of: a mismatch can then name the settings that differ.
     record: dict[str, Any] | None = None
     # Seconds in G and in the rest; kept in memory only, so files stay the same bytes.
@@ -107,7 +109,7 @@ class ShardStats:
     def from_json(cls, record: dict[str, Any]) -> "ShardStats":
         fields = {key: record[key] for key in
                   ("shard", "name", "samples", "candidates", "rejected_by", "bytes", "sha256", "config_digest")}
-        return cls(**fields, record=record.get("record"))
+        return cls(**fields, empty_masks=int(record.get("empty_masks", 0)), record=record.get("record"))
 
 
 class ShardWriter:
