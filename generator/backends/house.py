@@ -1,7 +1,10 @@
 """The house generator as a `Generator`: the project's own GAN, shipped inside the package.
 
 `build_house_generator()` loads `generator/house/house_gan.pt` (or another weights file written
-by `train-house-gan`) with `torch.load(..., weights_only=True)`.  The identity is `house@` plus
+by `train-house-gan`) with `torch.load(..., weights_only=True)`.  The file names its architecture
+(`generator.house.architectures`: v1, the 64 x 64 DCGAN, when it names none; v2, the 128 x 128
+residual GAN, stored as float16 and loaded as float32), so exported weights of either kind drop
+in with no code change.  The identity is `house@` plus
 the weights file's digest, so retrained weights are never mistaken for the shipped ones.  The
 bundled latent bank (the training photos encoded) is offered only with the weights it was
 encoded by.
@@ -17,14 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from generator.house import BANK_PATH, WEIGHTS_PATH
-from generator.house.model import HouseConfig, HouseEncoderNet, HouseGeneratorNet
+from generator.house.architectures import build_inference_networks, make_config
 from generator.interface import Generator, GeneratorSpecError, digest_file
 
-SUPPORTED_FORMAT_VERSIONS = {1}
+SUPPORTED_FORMAT_VERSIONS = {1, 2}
+
+
+def _as_float32(state: dict) -> dict:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 class HouseGenerator(Generator):
-    """DCGAN-style generator with an encoder, differentiable in PyTorch, 64 x 64 by default."""
+    """The project's own GAN with an encoder, differentiable in PyTorch (v1 64 x 64, v2 128 x 128)."""
 
     name = "house"
     differentiable = True
@@ -38,11 +45,11 @@ class HouseGenerator(Generator):
             payload = torch.load(self.weights_path, map_location="cpu", weights_only=True)
             if payload.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
                 raise ValueError(f"unsupported format_version {payload.get('format_version')!r}")
-            self.config = HouseConfig(**payload["config"])
-            self.generator_net = HouseGeneratorNet(self.config)
-            self.generator_net.load_state_dict(payload["generator"])
-            self.encoder_net = HouseEncoderNet(self.config)
-            self.encoder_net.load_state_dict(payload["encoder"])
+            self.architecture = payload.get("architecture") or "v1"
+            self.config = make_config(self.architecture, payload["config"])
+            self.generator_net, self.encoder_net = build_inference_networks(self.config)
+            self.generator_net.load_state_dict(_as_float32(payload["generator"]))
+            self.encoder_net.load_state_dict(_as_float32(payload["encoder"]))
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, EOFError, OSError,
                 pickle.UnpicklingError) as error:
             raise GeneratorSpecError(f"{self.weights_path} is not a house generator weights file: {error}") from error
