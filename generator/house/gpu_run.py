@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -78,9 +79,12 @@ def environment_report(device: str) -> dict:
     for name in ("numpy", "PIL", "torchvision", "click", "tqdm"):
         try:
             module = importlib.import_module(name)
-            report[name] = getattr(module, "__version__", "present")
         except ImportError:
             report[name] = None
+            continue
+        with warnings.catch_warnings():  # some packages deprecate __version__
+            warnings.simplefilter("ignore")
+            report[name] = str(getattr(module, "__version__", "present"))
     if device == "cuda":
         properties = torch.cuda.get_device_properties(0)
         report.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2 ** 30, 1),

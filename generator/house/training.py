@@ -468,12 +468,15 @@ def train(settings: TrainSettings, resume: Path | None = None,
                 state.generator.train()
             _synchronise(device)
             window_start, window_steps = time.perf_counter(), 0
-            while getattr(state, counter) < total and not clock.out_of_time(phase):
+            # the clock is read once per step, so the step that runs out of time is the one logged last
+            out_of_time = clock.out_of_time(phase)
+            while getattr(state, counter) < total and not out_of_time:
                 started = time.perf_counter()
                 losses = step_fn(state, images, settings)
                 done = getattr(state, counter)
                 window_steps += 1
-                last = done == total or clock.out_of_time(phase)
+                out_of_time = clock.out_of_time(phase)
+                last = done == total or out_of_time
                 logging = done % settings.log_every == 0 or last
                 if logging or progress is not None:
                     losses = {k: float(v) for k, v in losses.items()}  # waits for the device
