@@ -299,3 +299,15 @@ def test_embed_images_encodes_at_128_with_v2_weights(gpu_run_output, tmp_path):
     with torch.no_grad():
         expected = house.encode(load_square(photos / "x1.jpg", 128))
     np.testing.assert_allclose(bank[1], expected[0].numpy(), atol=1e-4)
+
+
+def test_gpu_run_tries_plain_settings_after_a_failure_and_reports_both(tmp_path, tiny_pack):
+    from generator.house.gpu_run import main as gpu_run
+
+    with pytest.raises(SystemExit, match="training failed"):
+        gpu_run(["--pack", str(tiny_pack), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                 "--device", "cpu", "--minutes", "2", "--export-reserve", "5", "--limit", "2", "--batch-size", "2",
+                 "--lr-generator", "-1"])  # Adam refuses a negative learning rate in every attempt
+    errors = (tmp_path / "out" / "errors.txt").read_text()
+    assert "attempt 1 (bf16 True, compile False)" in errors and "attempt 2 (bf16 False, compile False)" in errors
+    assert "Invalid learning rate" in errors

@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 import zipfile
 from pathlib import Path
@@ -175,24 +176,51 @@ def main(argv: list[str] | None = None) -> None:
               "width": pick(args.width, "width")}
     if args.encoder_width is not None:
         fields["encoder_width"] = args.encoder_width
-    budget = args.minutes * 60 - setup_seconds
-    if budget <= args.export_reserve:
-        raise SystemExit(f"the budget ({args.minutes} min) is spent before training starts "
-                         f"(setup {setup_seconds:.0f} s, export reserve {args.export_reserve:.0f} s)")
-    settings = TrainSettings(
-        data=Path(args.pack), out=work, export_to=out, steps=args.steps, encoder_steps=args.encoder_steps,
-        batch_size=args.batch_size, seed=args.seed, lr_generator=pick(args.lr_generator, "lr_generator"),
-        lr_discriminator=pick(args.lr_discriminator, "lr_discriminator"), adam_betas=defaults["adam_betas"],
-        discriminator_width=pick(args.discriminator_width, "discriminator_width"),
-        checkpoint_every=args.checkpoint_every, export_every=0, log_every=args.log_every,
-        config=make_config("v2", fields), device=device, bf16=not args.no_bf16, compile=args.compile,
-        time_budget_seconds=budget, encoder_share=args.encoder_share, export_reserve_seconds=args.export_reserve,
-        calibration_images=args.calibration_images, bank=False)
-    say(f"training v2 for at most {budget:.0f} s (export reserve {args.export_reserve:.0f} s), "
-        f"batch {args.batch_size}, bf16 {settings.bf16 and device == 'cuda'}, compile {args.compile}")
+    config = make_config("v2", fields)
+
+    def settings_for(attempt_work: Path, budget: float, bf16: bool, compile_: bool) -> TrainSettings:
+        return TrainSettings(
+            data=Path(args.pack), out=attempt_work, export_to=out, steps=args.steps,
+            encoder_steps=args.encoder_steps, batch_size=args.batch_size, seed=args.seed,
+            lr_generator=pick(args.lr_generator, "lr_generator"),
+            lr_discriminator=pick(args.lr_discriminator, "lr_discriminator"), adam_betas=defaults["adam_betas"],
+            discriminator_width=pick(args.discriminator_width, "discriminator_width"),
+            checkpoint_every=args.checkpoint_every, export_every=0, log_every=args.log_every, config=config,
+            device=device, bf16=bf16, compile=compile_, time_budget_seconds=budget,
+            encoder_share=args.encoder_share, export_reserve_seconds=args.export_reserve,
+            calibration_images=args.calibration_images, bank=False)
+
+    # the settings asked for first; if they fail (a kernel or compiler this machine lacks), the
+    # plainest ones with what is left of the budget, so one failed option does not waste the run
+    attempts = [(not args.no_bf16, args.compile)]
+    if attempts[0] != (False, False):
+        attempts.append((False, False))
+    errors = []
     train_started = time.monotonic()
-    weights = train(settings, photos=(photos, [], []))
+    weights = attempt_work = None
+    for number, (bf16, compile_) in enumerate(attempts):
+        budget = args.minutes * 60 - (time.monotonic() - STARTED)
+        if budget <= args.export_reserve + 10:
+            errors.append(f"attempt {number + 1} skipped: {budget:.0f} s left of the budget")
+            break
+        attempt_work = work / f"attempt{number + 1}"
+        settings = settings_for(attempt_work, budget, bf16, compile_)
+        say(f"training v2 for at most {budget:.0f} s (export reserve {args.export_reserve:.0f} s), "
+            f"batch {args.batch_size}, bf16 {bf16 and device == 'cuda'}, compile {compile_}")
+        try:
+            weights = train(settings, photos=(photos, [], []))
+            break
+        except Exception:  # noqa: BLE001 - reported in errors.txt, then the plain settings are tried
+            errors.append(f"attempt {number + 1} (bf16 {bf16}, compile {compile_}):\n{traceback.format_exc()}")
+            say(errors[-1])
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    if errors:
+        (out / "errors.txt").write_text("\n".join(errors) + "\n")
+    if weights is None:
+        raise SystemExit(f"training failed; see {out / 'errors.txt'}")
     train_and_export_seconds = time.monotonic() - train_started
+    work = attempt_work
 
     for name in (LOG_NAME, SETTINGS_NAME):
         shutil.copyfile(work / name, out / name)
@@ -201,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
               "train_and_export_seconds": round(train_and_export_seconds, 1),
               "total_seconds": round(time.monotonic() - STARTED, 1), "budget_seconds": args.minutes * 60,
               "photos": int(photos.shape[0]), "batch_size": args.batch_size, "phases": figures,
+              "attempts": number + 1, "bf16": settings.bf16 and device == "cuda", "compile": settings.compile,
               "environment": environment, "jpeg_decoder": decoder, "command": sys.argv}
     (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     limit = args.max_file_mib * 2 ** 20
