@@ -101,6 +101,35 @@ def test_eval_latent_batch_norm_matches_training_formula():
     torch.testing.assert_close(folded, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_spectral_norm_bounds_the_weight_and_runs_under_bf16_autocast():
+    from generator.house.model_v2 import SpectralNorm
+
+    torch.manual_seed(0)
+    layer = SpectralNorm(torch.nn.Conv2d(8, 16, 3, padding=1))
+    for _ in range(30):  # power iterations converge to the top singular vectors
+        layer.normalised_weight()
+    top = torch.linalg.matrix_norm(layer.normalised_weight().detach().flatten(1), ord=2)
+    assert abs(top.item() - 1) < 0.01
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(torch.randn(2, 8, 8, 8))
+    out.float().sum().backward()
+    assert layer.layer.weight.grad is not None and torch.isfinite(layer.layer.weight.grad).all()
+
+
+def test_gan_and_encoder_steps_run_under_bf16_autocast(tmp_path, tiny_pack, monkeypatch):
+    import generator.house.training as training
+
+    # the CUDA path's mixed precision, exercised with the CPU's bf16 autocast
+    monkeypatch.setattr(training, "_autocast", lambda settings: torch.autocast("cpu", dtype=torch.bfloat16))
+    settings = _v2_settings(tmp_path, tiny_pack)
+    state = training.TrainingState(settings)
+    photos = load_pack(tiny_pack, side=16)[0]
+    for _ in range(2):
+        losses = training.gan_step(state, photos, settings)
+    losses.update(training.encoder_step(state, photos, settings))
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+
+
 def test_float16_export_loads_as_float32(tmp_path):
     generator, _, encoder = build_networks(HouseV2Config(latent_dim=8, resolution=32, width=2, encoder_width=2), 2)
     generator.eval()
@@ -233,22 +262,28 @@ def test_train_command_v2_on_a_pack_at_a_smaller_side(tmp_path, tiny_pack):
 
 @pytest.fixture(scope="module")
 def gpu_run_output(tmp_path_factory) -> Path:
-    """The device command, run once on the CPU with tiny settings and numpy, click and tqdm hidden."""
+    """The device command (gpu_train.sh), run once on the CPU with tiny settings, from a folder
+    that holds only the pack, with numpy, click and tqdm made unimportable."""
     root = tmp_path_factory.mktemp("gpu_run")
     folder = root / "set" / "images"
     folder.mkdir(parents=True)
     for i in range(8):
         Image.fromarray(_smooth_photo(130, 150, i)).save(folder / f"p{i}.png")
-    pack = root / "pack.pt"
-    pack_photos([folder], pack, side=128, quality=80)
-    hide = "import sys, runpy\nfor name in ('numpy', 'click', 'tqdm'):\n    sys.modules[name] = None\n" \
-           "runpy.run_module('generator.house.gpu_run', run_name='__main__', alter_sys=True)\n"
-    command = [sys.executable, "-c", hide, "--pack", str(pack), "--out", str(root / "out"), "--work", str(root / "work"),
-               "--device", "cpu", "--minutes", "2", "--export-reserve", "5", "--steps", "3", "--encoder-steps", "2",
-               "--batch-size", "4", "--width", "2", "--encoder-width", "2", "--discriminator-width", "2",
-               "--latent-dim", "8", "--calibration-images", "8", "--log-every", "1", "--limit", "6"]
-    env = {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    machine = root / "machine"
+    (machine / "data").mkdir(parents=True)
+    pack_photos([folder], machine / "data" / "house_photos_128.pt", side=128, quality=80)
+    hide = root / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nfor name in ('numpy', 'click', 'tqdm'):\n"
+                                           "    sys.modules[name] = None\n")
+    command = ["bash", str(REPO_ROOT / "generator/house/gpu_train.sh"), str(root / "out"),
+               "--work", str(root / "work"), "--device", "cpu", "--minutes", "2", "--export-reserve", "5",
+               "--steps", "3", "--encoder-steps", "2", "--batch-size", "4", "--width", "2", "--encoder-width", "2",
+               "--discriminator-width", "2", "--latent-dim", "8", "--calibration-images", "8", "--log-every", "1",
+               "--limit", "6"]
+    env = {"PYTHONPATH": f"{hide}:{REPO_ROOT}", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    done = subprocess.run(command, cwd=machine, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return root / "out"
 
@@ -256,7 +291,8 @@ def gpu_run_output(tmp_path_factory) -> Path:
 def test_gpu_run_writes_everything_that_comes_back(gpu_run_output):
     names = {p.name for p in gpu_run_output.iterdir()}
     assert names == {"house_gan.pt", "samples.png", "reconstructions.png", "train_log.jsonl", "settings.json",
-                     "timing.json"}
+                     "timing.json", "console.log"}
+    assert "gan: 3 steps" in (gpu_run_output / "console.log").read_text()
     assert all(p.stat().st_size < 16 * 2 ** 20 for p in gpu_run_output.iterdir())
     timing = json.loads((gpu_run_output / "timing.json").read_text())
     assert timing["photos"] == 6 and timing["environment"]["numpy"] is None
@@ -311,3 +347,13 @@ def test_gpu_run_tries_plain_settings_after_a_failure_and_reports_both(tmp_path,
     errors = (tmp_path / "out" / "errors.txt").read_text()
     assert "attempt 1 (bf16 True, compile False)" in errors and "attempt 2 (bf16 False, compile False)" in errors
     assert "Invalid learning rate" in errors
+
+
+def test_gpu_train_script_says_what_is_missing(tmp_path):
+    script = str(REPO_ROOT / "generator/house/gpu_train.sh")
+    done = subprocess.run(["bash", script], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and "usage" in done.stderr
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(["bash", script, str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 4 and "house_photos_128.pt is missing" in done.stderr

@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 SEED_SIDE = 4
 ARCHITECTURE = "v2"
@@ -164,6 +163,44 @@ class HouseV2GeneratorNet(nn.Module):
         for block in self.blocks:
             x = block(x, z)
         return torch.tanh(self.to_rgb(self.out_activation(x)))
+
+
+class SpectralNorm(nn.Module):
+    """A convolution or linear layer whose weight is divided by its largest singular value.
+
+    One power iteration per training forward (Miyato et al.), as torch's own spectral norm, but
+    the singular value is computed in float32 with autocast off: under bf16 autocast torch's
+    version mixes a bf16 matrix-vector product with float32 vectors.
+    """
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear) -> None:
+        super().__init__()
+        self.layer = layer
+        rows, columns = layer.weight.shape[0], layer.weight[0].numel()
+        self.register_buffer("u", F.normalize(torch.randn(rows), dim=0))
+        self.register_buffer("v", F.normalize(torch.randn(columns), dim=0))
+
+    def normalised_weight(self) -> torch.Tensor:
+        weight = self.layer.weight
+        with torch.autocast(weight.device.type, enabled=False):
+            matrix = weight.float().flatten(1)
+            if self.training:
+                with torch.no_grad():
+                    self.v.copy_(F.normalize(matrix.t().mv(self.u), dim=0, eps=1e-12))
+                    self.u.copy_(F.normalize(matrix.mv(self.v), dim=0, eps=1e-12))
+            # copies: the next forward updates the buffers in place before this one's backward
+            sigma = torch.dot(self.u.clone(), matrix.mv(self.v.clone()))
+        return weight / sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.normalised_weight()
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, weight, self.layer.bias)
+        return F.linear(x, weight, self.layer.bias)
+
+
+def spectral_norm(layer: nn.Conv2d | nn.Linear) -> SpectralNorm:
+    return SpectralNorm(layer)
 
 
 class DownBlock(nn.Module):
