@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from generator.house.model_v2 import HouseV2Config, HouseV2EncoderNet, HouseV2GeneratorNet
+from generator.house.training import save_weights
 from generator.registry import build_generator
 
 TARGET_IMAGES_PER_SECOND = 150.0
@@ -35,13 +38,17 @@ def _v2_functions(args) -> tuple[str, int, int, object, object, dict]:
         house = build_generator({"name": "house", "weights": args.v2_weights})
         nets = {"generator": house.generator_net, "encoder": house.encoder_net}
         return house.identity, house.latent_dim, house.resolution, house.generate, house.encode, nets
+    # an untrained v2 exported as the backend reads it, so the timed path is the product's
     config = HouseV2Config(width=args.width, encoder_width=args.encoder_width, latent_dim=args.latent_dim,
                            residual_up_to=args.residual_up_to)
     torch.manual_seed(0)
-    generator = HouseV2GeneratorNet(config).eval()
-    encoder = HouseV2EncoderNet(config).eval()
-    nets = {"generator": generator, "encoder": encoder}
-    return f"v2 untrained width {args.width}", config.latent_dim, config.resolution, generator, encoder, nets
+    generator, encoder = HouseV2GeneratorNet(config).eval(), HouseV2EncoderNet(config).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        save_weights(generator, encoder, {"steps": 0}, Path(folder) / "house_gan.pt")
+        house = build_generator({"name": "house", "weights": str(Path(folder) / "house_gan.pt")})
+    nets = {"generator": house.generator_net, "encoder": house.encoder_net}
+    return (f"v2 untrained, width {args.width}", house.latent_dim, house.resolution, house.generate, house.encode,
+            nets)
 
 
 def main() -> None:
