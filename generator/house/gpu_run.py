@@ -1,6 +1,6 @@
 """One command that retrains the house generator v2 on a bare PyTorch machine within a time budget.
 
-    python3 -m generator.house.gpu_run --pack data/house_photos_128.pt --out "$OUT" --minutes 8.5
+    python3 -m generator.house.gpu_run --pack data/house_photos_128.pt --out "$OUT" --minutes 8
 
 It needs only Python, torch and a JPEG decoder.  When Pillow does not import, the Pillow wheel in
 `--wheels` (default data/wheels, fetched beforehand with `pip download`, see README) is unpacked
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pack", required=True, help="photo pack from pack-house-photos")
     parser.add_argument("--out", required=True, help="folder for what comes back (weights, PNGs, log, timing)")
     parser.add_argument("--work", default=None, help="folder for the checkpoint (default: a temporary folder)")
-    parser.add_argument("--minutes", type=float, default=8.5, help="budget of the whole command, setup included")
+    parser.add_argument("--minutes", type=float, default=8.0, help="budget of the whole command, setup included")
     parser.add_argument("--export-reserve", type=float, default=45.0, help="seconds kept for the export")
     parser.add_argument("--encoder-share", type=float, default=0.12, help="share of the training time for phase 2")
     parser.add_argument("--steps", type=int, default=1_000_000, help="upper bound of GAN steps")
