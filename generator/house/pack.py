@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import ctypes
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -161,8 +163,14 @@ def load_pack(path: str | Path, side: int | None = None, limit: int | None = Non
     offsets = payload["offsets"].tolist()
     keep = evenly_spaced(len(payload["names"]), limit)
     photos = torch.empty(len(keep), 3, pack_side, pack_side, dtype=torch.uint8)
-    for row, i in enumerate(keep):
+
+    def decode_row(row: int) -> None:
+        i = keep[row]
         photos[row] = decode(bytes(blob[offsets[i]:offsets[i + 1]]), pack_side)
+
+    # decoders release the GIL, so threads decode in parallel; each row is written by one of them
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        list(pool.map(decode_row, range(len(keep))))
     names = [payload["names"][i] for i in keep]
     if side is not None and side != pack_side:
         resized = [F.interpolate(chunk.float(), size=(side, side), mode="bilinear", align_corners=False,
