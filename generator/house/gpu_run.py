@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     environment = environment_report(device)
     say(f"environment: {json.dumps(environment)}; JPEG decoder: {decoder}")
 
-    photos, names = load_pack(args.pack, side=args.resolution, limit=args.limit)
+    photos, _ = load_pack(args.pack, side=args.resolution, limit=args.limit)
     photos = photos.to(device)
     setup_seconds = time.monotonic() - STARTED
     say(f"{photos.shape[0]} photos {tuple(photos.shape[1:])} uint8 on {device} "

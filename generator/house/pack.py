@@ -112,8 +112,9 @@ def read_pack_index(path: str | Path) -> dict:
         raise
     except Exception as error:  # torch.load raises many kinds on foreign files
         raise PackError(f"{path} is not a photo pack: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != PACK_FORMAT:
-        raise PackError(f"{path} is not a photo pack (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if found != PACK_FORMAT:
+        raise PackError(f"{path} is not a photo pack (format {found!r})")
     if payload.get("format_version") != PACK_FORMAT_VERSION:
         raise PackError(f"{path}: unsupported pack format_version {payload.get('format_version')!r}")
     offsets, jpeg = payload["offsets"], payload["jpeg"]

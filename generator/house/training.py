@@ -276,7 +276,8 @@ def encoder_step(state: TrainingState, photos: torch.Tensor, settings: TrainSett
 
 
 @torch.no_grad()
-def recalibrated_generator(state: TrainingState, seed: int, images: int = 4096, batch_size: int = 256) -> torch.nn.Module:
+def recalibrated_generator(state: TrainingState, seed: int, images: int = 4096,
+                           batch_size: int = 256) -> torch.nn.Module:
     """A CPU copy of the EMA generator whose batch-norm statistics are measured on its own outputs.
 
     The EMA weights are an average, so the live generator's running statistics do not fit them
