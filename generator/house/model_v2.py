@@ -168,9 +168,13 @@ class HouseV2GeneratorNet(nn.Module):
 class SpectralNorm(nn.Module):
     """A convolution or linear layer whose weight is divided by its largest singular value.
 
-    One power iteration per training forward (Miyato et al.), as torch's own spectral norm, but
-    the singular value is computed in float32 with autocast off: under bf16 autocast torch's
-    version mixes a bf16 matrix-vector product with float32 vectors.
+    The estimate comes from power iteration (Miyato et al.), as in torch's own spectral norm,
+    with two differences: the singular value is computed in float32 with autocast off (under bf16
+    autocast torch's version mixes a bf16 matrix-vector product with float32 vectors), and the
+    forward pass only reads the singular vectors; `power_iteration` (once per training step, see
+    `update_spectral_norms`) refines them.  A forward that updated them in place would break the
+    backward of the previous forward in the same step when compiled (torch.compile saves the
+    vectors themselves for the backward).
     """
 
     def __init__(self, layer: nn.Conv2d | nn.Linear) -> None:
@@ -180,16 +184,16 @@ class SpectralNorm(nn.Module):
         self.register_buffer("u", F.normalize(torch.randn(rows), dim=0))
         self.register_buffer("v", F.normalize(torch.randn(columns), dim=0))
 
+    @torch.no_grad()
+    def power_iteration(self) -> None:
+        matrix = self.layer.weight.float().flatten(1)
+        self.v.copy_(F.normalize(matrix.t().mv(self.u), dim=0, eps=1e-12))
+        self.u.copy_(F.normalize(matrix.mv(self.v), dim=0, eps=1e-12))
+
     def normalised_weight(self) -> torch.Tensor:
         weight = self.layer.weight
         with torch.autocast(weight.device.type, enabled=False):
-            matrix = weight.float().flatten(1)
-            if self.training:
-                with torch.no_grad():
-                    self.v.copy_(F.normalize(matrix.t().mv(self.u), dim=0, eps=1e-12))
-                    self.u.copy_(F.normalize(matrix.mv(self.v), dim=0, eps=1e-12))
-            # copies: the next forward updates the buffers in place before this one's backward
-            sigma = torch.dot(self.u.clone(), matrix.mv(self.v.clone()))
+            sigma = torch.dot(self.u, weight.float().flatten(1).mv(self.v))
         return weight / sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,6 +201,13 @@ class SpectralNorm(nn.Module):
         if isinstance(self.layer, nn.Conv2d):
             return self.layer._conv_forward(x, weight, self.layer.bias)
         return F.linear(x, weight, self.layer.bias)
+
+
+def update_spectral_norms(network: nn.Module) -> None:
+    """One power iteration for every spectrally normalised layer of a network (once per step)."""
+    for module in network.modules():
+        if isinstance(module, SpectralNorm):
+            module.power_iteration()
 
 
 def spectral_norm(layer: nn.Conv2d | nn.Linear) -> SpectralNorm:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from generator.house.architectures import architecture_of, build_networks, config_record
 from generator.house.augment import diff_augment
+from generator.house.model_v2 import update_spectral_norms
 from generator.house.model import HouseConfig
 from generator.house.photos import as_unit_range, load_training_photos
 
@@ -219,6 +220,7 @@ def gan_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings
     (reading them forces a device sync, so the caller does it only when it logs)."""
     n, latent_dim = settings.batch_size, settings.config.latent_dim
     loss_kind = "hinge" if settings.architecture == "v2" else "logistic"
+    update_spectral_norms(state.discriminator)  # outside the (possibly compiled) forward passes
     reals = _real_batch(photos, n, state.data_rng)
     with _autocast(settings):
         fakes = state.generator_forward(_latents(state, n, latent_dim))
