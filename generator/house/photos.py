@@ -1,8 +1,10 @@
-"""Loads a folder of photos once into memory as a float tensor at the training resolution.
+"""Loads the training photos once into memory at the training resolution.
 
-Every photo goes through the project's one image rule (`generator.image_io.load_square`: 8-bit
-RGB, shorter side resized, centre square crop), the same rule the embedding stage applies before
-it calls the encoder.
+From a folder, every photo goes through the project's one image rule
+(`generator.image_io.load_square`: 8-bit RGB, shorter side resized, centre square crop), the same
+rule the embedding stage applies before it calls the encoder, and is kept as float32 in [-1, 1].
+From a photo pack (`generator.house.pack`, the same crops stored as JPEG) the photos stay uint8,
+a quarter of the memory, and become float per batch (`as_unit_range`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from generator.image_io import load_square
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -29,6 +29,8 @@ def load_photos(folder: str | Path, side: int) -> tuple[torch.Tensor, list[Path]
 
     Returns the tensor, the files in row order and the unreadable files with the reason.
     """
+    from generator.image_io import load_square  # needs numpy and Pillow; a pack needs neither
+
     loaded, files, skipped = [], [], []
     for path in list_photos(folder):
         try:
@@ -39,3 +41,21 @@ def load_photos(folder: str | Path, side: int) -> tuple[torch.Tensor, list[Path]
     if not loaded:
         raise ValueError(f"no readable photos in {folder}")
     return torch.cat(loaded).clamp_(-1, 1), files, skipped
+
+
+def as_unit_range(photos: torch.Tensor) -> torch.Tensor:
+    """uint8 photos -> float32 in [-1, 1] (x / 127.5 - 1); float photos are returned as they are."""
+    if photos.dtype == torch.uint8:
+        return photos.float() / 127.5 - 1.0
+    return photos
+
+
+def load_training_photos(data: str | Path, side: int) -> tuple[torch.Tensor, list[Path], list[dict]]:
+    """Photos from a folder (float, with files and skipped) or from a pack file (uint8, no files)."""
+    data = Path(data)
+    if data.is_file():
+        from generator.house.pack import load_pack
+
+        photos, _ = load_pack(data, side)
+        return photos, [], []
+    return load_photos(data, side)

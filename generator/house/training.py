@@ -1,39 +1,49 @@
 """Training of the house GAN and its encoder, checkpoints, and export of the shipped files.
 
-Two phases run in one process:
-1. GAN: non-saturating logistic loss, DCGAN discriminator, differentiable augmentation on both real and
-   generated batches, horizontal flips of the photos, an exponential moving average (EMA) of the
-   generator's weights (the EMA generator is the one shipped).  Alongside, the encoder learns to
-   invert the EMA generator on (G(z), z) pairs, so any checkpoint can be exported.
+Two phases run in one process, for either architecture (`generator.house.architectures`):
+1. GAN: the architecture's loss (v1: non-saturating logistic; v2: hinge), differentiable
+   augmentation on both real and generated batches, horizontal flips of the photos, an
+   exponential moving average (EMA) of the generator's weights (the EMA generator is the one
+   shipped).  Alongside, the encoder learns to invert the EMA generator on (G(z), z) pairs, so any
+   checkpoint can be exported.
 2. Encoder: the generator frozen, the encoder refined with a latent loss on generated images plus
    image reconstruction losses on generated images and on the real photos.
 
+The same code runs on a CPU and on a CUDA device.  On CUDA the photos stay in device memory as
+uint8, every random stream lives on the device (no host round trip per step), forward passes may
+run under bf16 autocast, networks use channels_last, and G and D may be compiled.  A wall-clock
+budget (`time_budget_seconds`) ends each phase in time to export: the GAN phase gets all but
+`encoder_share` of it, the export keeps `export_reserve_seconds`.
+
 Checkpoints hold everything needed to resume (networks, optimisers, random states, step counts,
 elapsed seconds) and are written atomically.  `export_house_model` writes the shipped files:
-weights (EMA generator + encoder state dicts and the architecture), the latent bank of the
-training photos and a sample grid.
+weights (EMA generator + encoder state dicts and the architecture; v2 stores float16), the latent
+bank of the training photos (when they came from a folder), a sample grid and reconstructions.
+The module needs only torch at import; Pillow is needed for the PNGs, numpy for the bank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from generator.house.architectures import architecture_of, build_networks, config_record
 from generator.house.augment import diff_augment
-from generator.house.model import HouseConfig, HouseDiscriminatorNet, HouseEncoderNet, HouseGeneratorNet
-from generator.house.photos import load_photos
+from generator.house.model_v2 import update_spectral_norms
+from generator.house.model import HouseConfig
+from generator.house.photos import as_unit_range, load_training_photos
 
 WEIGHTS_FORMAT_VERSION = 1
+HALF_WEIGHTS_FORMAT_VERSION = 2
 BANK_FORMAT_VERSION = 1
 WEIGHTS_NAME = "house_gan.pt"
 BANK_NAME = "latent_bank.npy"
@@ -41,6 +51,7 @@ SAMPLES_NAME = "samples.png"
 RECONSTRUCTIONS_NAME = "reconstructions.png"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
+SETTINGS_NAME = "settings.json"
 
 
 @dataclass
@@ -57,12 +68,30 @@ class TrainSettings:
     lr_generator: float = 2e-4
     lr_discriminator: float = 2e-4
     lr_encoder: float = 1e-3
+    adam_betas: tuple[float, float] = (0.5, 0.999)
     ema_decay: float = 0.999
     discriminator_width: int = 48
     checkpoint_every: int = 250
     export_every: int = 1000
     log_every: int = 25
     config: HouseConfig = field(default_factory=HouseConfig)
+    device: str = "cpu"
+    bf16: bool = False                 # bf16 autocast of the forward passes (CUDA only)
+    compile: bool = False              # torch.compile the generator and discriminator
+    time_budget_seconds: float | None = None  # wall clock from the start of `train`, export included
+    encoder_share: float = 0.15        # of the budget, for the encoder phase
+    export_reserve_seconds: float = 20.0
+    calibration_images: int = 4096     # generated images that measure the exported batch-norm statistics
+    bank: bool = True                  # export the latent bank of the photos (needs numpy and a folder)
+
+    @property
+    def architecture(self) -> str:
+        return architecture_of(self.config)
+
+    def record(self) -> dict:
+        """Every setting as plain JSON values (written beside the log)."""
+        values = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k != "config"}
+        return {**values, "architecture": self.architecture, "config": config_record(self.config)}
 
 
 class TrainingState:
@@ -70,19 +99,28 @@ class TrainingState:
 
     def __init__(self, settings: TrainSettings) -> None:
         config = settings.config
+        self.device = torch.device(settings.device)
         torch.manual_seed(settings.seed)
-        self.generator = HouseGeneratorNet(config)
-        self.discriminator = HouseDiscriminatorNet(config, settings.discriminator_width)
-        self.encoder = HouseEncoderNet(config)
+        self.generator, self.discriminator, self.encoder = build_networks(config, settings.discriminator_width)
         self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False)
-        betas = (0.5, 0.999)
-        self.opt_generator = torch.optim.Adam(self.generator.parameters(), settings.lr_generator, betas=betas)
-        self.opt_discriminator = torch.optim.Adam(self.discriminator.parameters(), settings.lr_discriminator, betas=betas)
-        self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), settings.lr_encoder, betas=(0.9, 0.999))
-        # separate streams so that adding a loss term never changes which photos are drawn
-        self.data_rng = torch.Generator().manual_seed(settings.seed * 3 + 1)
-        self.latent_rng = torch.Generator().manual_seed(settings.seed * 3 + 2)
-        self.augment_rng = torch.Generator().manual_seed(settings.seed * 3 + 3)
+        memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        for net in (self.generator, self.discriminator, self.encoder, self.ema_generator):
+            net.to(self.device, memory_format=memory_format)
+        betas = tuple(settings.adam_betas)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt_generator = torch.optim.Adam(self.generator.parameters(), settings.lr_generator, betas=betas, **fused)
+        self.opt_discriminator = torch.optim.Adam(self.discriminator.parameters(), settings.lr_discriminator,
+                                                  betas=betas, **fused)
+        self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), settings.lr_encoder, betas=(0.9, 0.999), **fused)
+        # separate streams so that adding a loss term never changes which photos are drawn; on the
+        # training device, so drawing never waits for a host-to-device copy
+        self.data_rng = torch.Generator(self.device).manual_seed(settings.seed * 3 + 1)
+        self.latent_rng = torch.Generator(self.device).manual_seed(settings.seed * 3 + 2)
+        self.augment_rng = torch.Generator(self.device).manual_seed(settings.seed * 3 + 3)
+        # compiled callables share the modules' parameters; state dicts stay those of the modules
+        compiled = torch.compile if settings.compile else (lambda module: module)
+        self.generator_forward = compiled(self.generator)
+        self.discriminator_forward = compiled(self.discriminator)
         self.step = 0
         self.encoder_step = 0
         self.elapsed_seconds = 0.0
@@ -104,7 +142,7 @@ class TrainingState:
                      "opt_discriminator", "opt_encoder"):
             getattr(self, name).load_state_dict(state[name])
         for name in ("data_rng", "latent_rng", "augment_rng"):
-            getattr(self, name).set_state(state[name])
+            getattr(self, name).set_state(state[name].cpu())
         self.step = int(state["step"])
         self.encoder_step = int(state["encoder_step"])
         self.elapsed_seconds = float(state["elapsed_seconds"])
@@ -120,15 +158,18 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def save_checkpoint(state: TrainingState, settings: TrainSettings, path: Path) -> None:
-    atomic_save({"config": settings.config.as_dict(), "discriminator_width": settings.discriminator_width,
+    atomic_save({"architecture": settings.architecture, "config": settings.config.as_dict(),
+                 "discriminator_width": settings.discriminator_width,
                  "seed": settings.seed, "state": state.state_dict()}, path)
 
 
 def load_checkpoint(path: Path, settings: TrainSettings) -> TrainingState:
     """Resume a run; refuses a checkpoint whose architecture differs from the settings'."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    found = {**payload.get("config", {}), "discriminator_width": payload.get("discriminator_width")}
-    wanted = {**settings.config.as_dict(), "discriminator_width": settings.discriminator_width}
+    payload = torch.load(path, map_location=settings.device, weights_only=True)
+    found = {**payload.get("config", {}), "architecture": payload.get("architecture", "v1"),
+             "discriminator_width": payload.get("discriminator_width")}
+    wanted = {**settings.config.as_dict(), "architecture": settings.architecture,
+              "discriminator_width": settings.discriminator_width}
     if found != wanted:
         raise ValueError(f"checkpoint {path} has architecture {found}, not {wanted}")
     state = TrainingState(settings)
@@ -137,40 +178,62 @@ def load_checkpoint(path: Path, settings: TrainSettings) -> TrainingState:
 
 
 def _real_batch(photos: torch.Tensor, size: int, rng: torch.Generator) -> torch.Tensor:
-    index = torch.randint(0, photos.shape[0], (size,), generator=rng)
-    batch = photos[index]
-    flip = torch.rand(size, generator=rng) < 0.5
-    return torch.where(flip[:, None, None, None], batch.flip(3), batch)
+    """Random photos (drawn with replacement), half of them mirrored, as float in [-1, 1]."""
+    index = torch.randint(0, photos.shape[0], (size,), generator=rng, device=rng.device).to(photos.device)
+    batch = as_unit_range(photos[index])
+    flip = (torch.rand(size, generator=rng, device=rng.device) < 0.5).to(batch.device)
+    batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+    return batch.contiguous(memory_format=torch.channels_last) if batch.is_cuda else batch
 
 
 def _latents(state: TrainingState, size: int, latent_dim: int) -> torch.Tensor:
-    return torch.randn(size, latent_dim, generator=state.latent_rng)
+    return torch.randn(size, latent_dim, generator=state.latent_rng, device=state.latent_rng.device)
+
+
+def _autocast(settings: TrainSettings):
+    if settings.bf16 and torch.device(settings.device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _discriminator_losses(loss: str, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    if loss == "hinge":
+        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+    return F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
+
+
+def _generator_loss(loss: str, fake_scores: torch.Tensor) -> torch.Tensor:
+    return -fake_scores.mean() if loss == "hinge" else F.softplus(-fake_scores).mean()
 
 
 @torch.no_grad()
 def _update_ema(state: TrainingState, decay: float) -> None:
     # short warm-up: early on the average would be dominated by the random initial weights
     decay = min(decay, (1 + state.step) / (10 + state.step))
-    for ema, live in zip(state.ema_generator.parameters(), state.generator.parameters()):
-        ema.lerp_(live, 1 - decay)
+    torch._foreach_lerp_(list(state.ema_generator.parameters()), list(state.generator.parameters()), 1 - decay)
     for ema, live in zip(state.ema_generator.buffers(), state.generator.buffers()):
         ema.copy_(live)
 
 
-def gan_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings) -> dict[str, float]:
-    """One discriminator and one generator update (non-saturating loss), EMA, one encoder update."""
+def gan_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings) -> dict[str, torch.Tensor]:
+    """One discriminator and one generator update, EMA, one encoder update; losses as 0-d tensors
+    (reading them forces a device sync, so the caller does it only when it logs)."""
     n, latent_dim = settings.batch_size, settings.config.latent_dim
+    loss_kind = "hinge" if settings.architecture == "v2" else "logistic"
+    update_spectral_norms(state.discriminator)  # outside the (possibly compiled) forward passes
     reals = _real_batch(photos, n, state.data_rng)
-    fakes = state.generator(_latents(state, n, latent_dim))
-
-    real_scores = state.discriminator(diff_augment(reals, state.augment_rng))
-    fake_scores = state.discriminator(diff_augment(fakes.detach(), state.augment_rng))
-    loss_d = F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
+    with _autocast(settings):
+        fakes = state.generator_forward(_latents(state, n, latent_dim))
+        real_scores = state.discriminator_forward(diff_augment(reals, state.augment_rng)).float()
+        fake_scores = state.discriminator_forward(diff_augment(fakes.detach(), state.augment_rng)).float()
+    loss_d = _discriminator_losses(loss_kind, real_scores, fake_scores)
     state.opt_discriminator.zero_grad(set_to_none=True)
     loss_d.backward()
     state.opt_discriminator.step()
 
-    loss_g = F.softplus(-state.discriminator(diff_augment(fakes, state.augment_rng))).mean()
+    with _autocast(settings):
+        generated_scores = state.discriminator_forward(diff_augment(fakes, state.augment_rng)).float()
+    loss_g = _generator_loss(loss_kind, generated_scores)
     state.opt_generator.zero_grad(set_to_none=True)
     loss_g.backward()
     state.opt_generator.step()
@@ -179,26 +242,29 @@ def gan_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings
     _update_ema(state, settings.ema_decay)
 
     z = _latents(state, n, latent_dim)
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(settings):
         targets = state.ema_generator.eval()(z)
-    loss_e = F.mse_loss(state.encoder(targets), z)
+    with _autocast(settings):
+        codes = state.encoder(targets).float()
+    loss_e = F.mse_loss(codes, z)
     state.opt_encoder.zero_grad(set_to_none=True)
     loss_e.backward()
     state.opt_encoder.step()
-    return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "loss_e": loss_e.item(),
-            "real_score": real_scores.mean().item(), "fake_score": fake_scores.mean().item()}
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "loss_e": loss_e.detach(),
+            "real_score": real_scores.detach().mean(), "fake_score": fake_scores.detach().mean()}
 
 
-def encoder_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings) -> dict[str, float]:
+def encoder_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings) -> dict[str, torch.Tensor]:
     """Encoder refinement: latent loss on G(z), image loss on G(E(G(z))) and on G(E(photo))."""
     n, latent_dim = settings.batch_size, settings.config.latent_dim
     generator = state.ema_generator.eval()
     z = _latents(state, n, latent_dim)
-    with torch.no_grad():
-        fakes = generator(z)
+    with torch.no_grad(), _autocast(settings):
+        fakes = generator(z).float()
     reals = _real_batch(photos, n, state.data_rng)
-    codes = state.encoder(torch.cat([fakes, reals]))
-    rendered = generator(codes)
+    with _autocast(settings):
+        codes = state.encoder(torch.cat([fakes, reals])).float()
+        rendered = generator(codes).float()
     loss_latent = F.mse_loss(codes[:n], z)
     loss_fake_image = F.l1_loss(rendered[:n], fakes)
     loss_real_image = F.l1_loss(rendered[n:], reals)
@@ -207,13 +273,14 @@ def encoder_step(state: TrainingState, photos: torch.Tensor, settings: TrainSett
     loss.backward()
     state.opt_encoder.step()
     state.encoder_step += 1
-    return {"loss_latent": loss_latent.item(), "loss_fake_image": loss_fake_image.item(),
-            "loss_real_image": loss_real_image.item()}
+    return {"loss_latent": loss_latent.detach(), "loss_fake_image": loss_fake_image.detach(),
+            "loss_real_image": loss_real_image.detach()}
 
 
 @torch.no_grad()
-def recalibrated_generator(state: TrainingState, seed: int, batches: int = 16, batch_size: int = 256) -> HouseGeneratorNet:
-    """A copy of the EMA generator whose batch-norm statistics are measured on its own outputs.
+def recalibrated_generator(state: TrainingState, seed: int, images: int = 4096,
+                           batch_size: int = 256) -> torch.nn.Module:
+    """A CPU copy of the EMA generator whose batch-norm statistics are measured on its own outputs.
 
     The EMA weights are an average, so the live generator's running statistics do not fit them
     exactly; a cumulative average over fixed latents does, and makes the export deterministic.
@@ -225,39 +292,64 @@ def recalibrated_generator(state: TrainingState, seed: int, batches: int = 16, b
             module.momentum = None
     generator.train()
     rng = torch.Generator().manual_seed(seed)
-    for _ in range(batches):
-        generator(torch.randn(batch_size, generator.latent_dim, generator=rng))
+    batch_size = max(1, min(batch_size, images))
+    for _ in range(max(1, -(-images // batch_size))):
+        generator(torch.randn(batch_size, generator.latent_dim, generator=rng).to(state.device))
     for module in generator.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = 0.1
-    return generator.eval()
+    return generator.to("cpu", memory_format=torch.contiguous_format).eval()
 
 
-def save_weights(generator: HouseGeneratorNet, encoder: HouseEncoderNet, training: dict, path: Path) -> None:
-    """The shipped weights: float32 state dicts, the architecture and a training summary."""
-    atomic_save({
-        "format_version": WEIGHTS_FORMAT_VERSION,
-        "config": generator.config.as_dict(),
-        "generator": {k: v.detach().clone() for k, v in generator.state_dict().items()},
-        "encoder": {k: v.detach().clone() for k, v in encoder.state_dict().items()},
-        "training": training,
-    }, path)
+def _state_for_export(module: torch.nn.Module, half: bool) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, value in module.state_dict().items():
+        value = value.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+        state[key] = value.half() if half and value.is_floating_point() else value
+    return state
 
 
-def image_grid(images: torch.Tensor, columns: int) -> Image.Image:
-    """N x 3 x H x W in [-1, 1] -> one PNG-ready image, 2-pixel gaps."""
+def save_weights(generator: torch.nn.Module, encoder: torch.nn.Module, training: dict, path: Path) -> None:
+    """The shipped weights: state dicts, the architecture and a training summary.
+
+    v1 keeps its float32 format (version 1); v2 stores float16 tensors (version 2, half the
+    bytes), which the backend loads back to float32.
+    """
+    architecture = architecture_of(generator.config)
+    if architecture == "v1":
+        payload = {"format_version": WEIGHTS_FORMAT_VERSION, "config": generator.config.as_dict(),
+                   "generator": _state_for_export(generator, half=False),
+                   "encoder": _state_for_export(encoder, half=False)}
+    else:
+        payload = {"format_version": HALF_WEIGHTS_FORMAT_VERSION, "architecture": architecture,
+                   "config": generator.config.as_dict(), "dtype": "float16",
+                   "generator": _state_for_export(generator, half=True),
+                   "encoder": _state_for_export(encoder, half=True)}
+    atomic_save({**payload, "training": training}, path)
+
+
+def image_grid(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """N x 3 x H x W in [-1, 1] -> one H' x W' x 3 uint8 picture on white, 2-pixel gaps."""
     n, _, h, w = images.shape
     rows = -(-n // columns)
     gap = 2
-    canvas = np.full((rows * (h + gap) + gap, columns * (w + gap) + gap, 3), 255, np.uint8)
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    canvas = torch.full((rows * (h + gap) + gap, columns * (w + gap) + gap, 3), 255, dtype=torch.uint8)
+    pixels = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
     for i, tile in enumerate(pixels):
         r, c = divmod(i, columns)
         canvas[gap + r * (h + gap): gap + r * (h + gap) + h, gap + c * (w + gap): gap + c * (w + gap) + w] = tile
-    return Image.fromarray(canvas)
+    return canvas
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
+def save_png(picture: torch.Tensor, path: Path) -> None:
+    """An H x W x 3 uint8 tensor as a PNG file, written atomically (Pillow, no numpy)."""
+    from PIL import Image
+
+    from generator.house.pack import tensor_bytes
+
+    height, width, _ = picture.shape
+    image = Image.frombytes("RGB", (width, height), tensor_bytes(picture.to(torch.uint8)))
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     image.save(tmp, format="PNG")
     os.replace(tmp, path)
@@ -269,27 +361,14 @@ def _write_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def export_house_model(state: TrainingState, settings: TrainSettings, photos: torch.Tensor,
-                       files: list[Path], skipped: list[dict]) -> Path:
-    """Write weights, latent bank (+ JSON index), sample grid and reconstructions to `export_to`."""
-    from generator.backends.house import HouseGenerator  # the backend reads what we write
+def _write_bank(house, photos: torch.Tensor, settings: TrainSettings, files: list[Path], skipped: list[dict],
+                folder: Path) -> None:
+    """The latent bank (npy) of folder photos and its JSON index; photos from a pack have no files."""
+    import numpy as np
 
-    folder = Path(settings.export_to)
-    folder.mkdir(parents=True, exist_ok=True)
-    generator = recalibrated_generator(state, seed=settings.seed)
-    encoder = copy.deepcopy(state.encoder).eval()
-    training = {"steps": state.step, "encoder_steps": state.encoder_step, "batch_size": settings.batch_size,
-                "seed": settings.seed, "train_seconds": round(state.elapsed_seconds, 1),
-                "photos": len(files), "data": Path(settings.data).name}
-    weights_path = folder / WEIGHTS_NAME
-    save_weights(generator, encoder, training, weights_path)
-
-    house = HouseGenerator(weights_path)
     with torch.no_grad():
-        codes = torch.cat([house.encode(chunk) for chunk in photos.split(256)]).numpy().astype(np.float32)
-        samples = house.generate(torch.randn(64, house.latent_dim, generator=torch.Generator().manual_seed(0)))
-        shown = photos[:16]
-        recon = house.generate(house.encode(shown))
+        codes = torch.cat([house.encode(as_unit_range(chunk).cpu()) for chunk in photos.split(256)])
+    codes = codes.numpy().astype(np.float32)
     bank_path = folder / BANK_NAME
     tmp = bank_path.with_name(bank_path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -302,20 +381,86 @@ def export_house_model(state: TrainingState, settings: TrainSettings, photos: to
                  "skipped": [{"path": str(Path(s["path"]).resolve().relative_to(data_root)), "reason": s["reason"]}
                              for s in skipped]},
                 bank_path.with_suffix(".json"))
-    _save_png(image_grid(samples, columns=8), folder / SAMPLES_NAME)
+
+
+def export_house_model(state: TrainingState, settings: TrainSettings, photos: torch.Tensor,
+                       files: list[Path], skipped: list[dict]) -> Path:
+    """Write weights, latent bank (+ JSON index), sample grid and reconstructions to `export_to`.
+
+    The bank is written when `settings.bank` holds and the photos came from a folder (`files`);
+    a pack's photos are encoded later with `embed-images` from the original files.
+    """
+    from generator.backends.house import HouseGenerator  # the backend reads what we write
+
+    folder = Path(settings.export_to)
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = recalibrated_generator(state, seed=settings.seed, images=settings.calibration_images)
+    encoder = copy.deepcopy(state.encoder).to("cpu", memory_format=torch.contiguous_format).eval()
+    training = {"steps": state.step, "encoder_steps": state.encoder_step, "batch_size": settings.batch_size,
+                "seed": settings.seed, "train_seconds": round(state.elapsed_seconds, 1),
+                "photos": int(photos.shape[0]), "data": Path(settings.data).name, "device": str(state.device)}
+    weights_path = folder / WEIGHTS_NAME
+    save_weights(generator, encoder, training, weights_path)
+
+    house = HouseGenerator(weights_path)
+    if settings.bank and files:
+        _write_bank(house, photos, settings, files, skipped, folder)
+    with torch.no_grad():
+        samples = house.generate(torch.randn(64, house.latent_dim, generator=torch.Generator().manual_seed(0)))
+        shown = as_unit_range(photos[:16]).cpu()
+        if shown.shape[-1] != house.resolution:
+            shown = F.interpolate(shown, size=(house.resolution, house.resolution), mode="bilinear",
+                                  align_corners=False, antialias=True)
+        recon = house.generate(house.encode(shown))
+    save_png(image_grid(samples, columns=8), folder / SAMPLES_NAME)
     # rows alternate: 8 photos, their reconstructions G(E(photo)), 8 more photos, theirs
     pairs = torch.cat([shown[:8], recon[:8], shown[8:], recon[8:]])
-    _save_png(image_grid(pairs, columns=8), folder / RECONSTRUCTIONS_NAME)
+    save_png(image_grid(pairs, columns=8), folder / RECONSTRUCTIONS_NAME)
     return weights_path
 
 
+class _Clock:
+    """Phase deadlines of a run with a wall-clock budget (None: no deadline)."""
+
+    def __init__(self, settings: TrainSettings) -> None:
+        self.start = time.monotonic()
+        budget = settings.time_budget_seconds
+        if budget is None:
+            self.deadlines = {"gan": None, "encoder": None}
+        else:
+            usable = budget - settings.export_reserve_seconds
+            self.deadlines = {"gan": self.start + usable * (1 - settings.encoder_share),
+                              "encoder": self.start + usable}
+
+    def out_of_time(self, phase: str) -> bool:
+        deadline = self.deadlines[phase]
+        return deadline is not None and time.monotonic() >= deadline
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train(settings: TrainSettings, resume: Path | None = None,
-          progress: Callable[[int, int, str, dict], None] | None = None) -> Path:
-    """Run (or resume) both phases, checkpointing and exporting on the way; returns the weights path."""
+          progress: Callable[[int, int, str, dict], None] | None = None,
+          photos: tuple[torch.Tensor, list[Path], list[dict]] | None = None) -> Path:
+    """Run (or resume) both phases, checkpointing and exporting on the way; returns the weights path.
+
+    `photos` (tensor, files, skipped) skips reading `settings.data` (a caller that already decoded it).
+    """
+    clock = _Clock(settings)
     torch.manual_seed(settings.seed)
-    photos, files, skipped = load_photos(settings.data, settings.config.resolution)
+    device = torch.device(settings.device)
+    if photos is None:
+        photos = load_training_photos(settings.data, settings.config.resolution)
+    images, files, skipped = photos
+    images = images.to(device)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    _write_json({**settings.record(), "photos": int(images.shape[0]), "torch": torch.__version__,
+                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                 "resume": str(resume) if resume else None}, out / SETTINGS_NAME)
     state = load_checkpoint(resume, settings) if resume else TrainingState(settings)
     checkpoint_path = out / CHECKPOINT_NAME
     log = open(out / LOG_NAME, "a")
@@ -324,22 +469,39 @@ def train(settings: TrainSettings, resume: Path | None = None,
                                                ("encoder", settings.encoder_steps, encoder_step, "encoder_step")):
             if phase == "gan":
                 state.generator.train()
-            while getattr(state, counter) < total:
+            _synchronise(device)
+            window_start, window_steps = time.perf_counter(), 0
+            # the clock is read once per step, so the step that runs out of time is the one logged last
+            out_of_time = clock.out_of_time(phase)
+            while getattr(state, counter) < total and not out_of_time:
                 started = time.perf_counter()
-                losses = step_fn(state, photos, settings)
-                state.elapsed_seconds += time.perf_counter() - started
+                losses = step_fn(state, images, settings)
                 done = getattr(state, counter)
+                window_steps += 1
+                out_of_time = clock.out_of_time(phase)
+                last = done == total or out_of_time
+                logging = done % settings.log_every == 0 or last
+                if logging or progress is not None:
+                    losses = {k: float(v) for k, v in losses.items()}  # waits for the device
+                state.elapsed_seconds += time.perf_counter() - started
                 if progress is not None:
                     progress(done, total, phase, losses)
-                if done % settings.log_every == 0 or done == total:
+                if logging:
+                    _synchronise(device)
+                    now = time.perf_counter()
+                    rate = window_steps / max(now - window_start, 1e-9)
                     log.write(json.dumps({"phase": phase, "step": done, "seconds": round(state.elapsed_seconds, 1),
+                                          "wall_seconds": round(time.monotonic() - clock.start, 1),
+                                          "steps_per_second": round(rate, 3),
+                                          "images_per_second": round(rate * settings.batch_size, 1),
                                           **{k: round(v, 4) for k, v in losses.items()}}) + "\n")
                     log.flush()
-                if done % settings.checkpoint_every == 0 or done == total:
+                    window_start, window_steps = now, 0
+                if done % settings.checkpoint_every == 0 or last:
                     save_checkpoint(state, settings, checkpoint_path)
-                if phase == "gan" and settings.export_every and done % settings.export_every == 0 and done < total:
-                    export_house_model(state, settings, photos, files, skipped)
+                if phase == "gan" and settings.export_every and done % settings.export_every == 0 and not last:
+                    export_house_model(state, settings, images, files, skipped)
         save_checkpoint(state, settings, checkpoint_path)
-        return export_house_model(state, settings, photos, files, skipped)
+        return export_house_model(state, settings, images, files, skipped)
     finally:
         log.close()
