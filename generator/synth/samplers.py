@@ -66,7 +66,7 @@ def resolve_bank_path(sampler: str, bank: str | Path, bundled: str | Path | None
     if bundled is not None:
         return Path(bundled)
     raise LatentBankError(f"no latent bank: {path} does not exist and the generator ships none; run the embed "
-                          f"stage (dvc repro embed), pass --bank, or use the gaussian sampler")
+                          f"stage (dvc repro embed), pass --bank, or use --sampler gaussian (synth.sampler)")
 
 
 def candidate_rng(key: np.ndarray, counter: int) -> np.random.Generator:
