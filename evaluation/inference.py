@@ -30,6 +30,11 @@ def input_shape(height: int, width: int, side: int) -> tuple[int, int]:
     return max(side, round(height * scale)), max(side, round(width * scale))
 
 
+def protocol_input(rgb: np.ndarray, side: int) -> torch.Tensor:
+    """One 8-bit RGB photo as the model sees it: 1 x 3 x H' x W' in [-1, 1], shorter side `side`."""
+    return resize_shorter_side(to_unit_range(rgb)[None], side)
+
+
 def image_size(path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels."""
     try:
@@ -88,7 +93,7 @@ def predict_benchmark(benchmark: Benchmark, predictors: Sequence[Predictor], bat
             loaded = pending.result()
             if number + 1 < len(batches):
                 pending = reader.submit(_load, benchmark, batches[number + 1])
-            inputs = torch.cat([resize_shorter_side(to_unit_range(image)[None], side) for image, _ in loaded])
+            inputs = torch.cat([protocol_input(image, side) for image, _ in loaded])
             outputs = {predictor.name: predictor(inputs) for predictor in predictors}
             for index, (pair, (image, mask)) in enumerate(zip(batch, loaded)):
                 maps = {name: resize_to(output[index], mask.shape) for name, output in outputs.items()}
