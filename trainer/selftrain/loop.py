@@ -256,6 +256,7 @@ def _export(model: UNet, model_config: dict, photos: PhotoSet, config: SelfTrain
 def _record_disabled(config: SelfTrainConfig, log: Callable[[str], None]) -> SelfTrainResult:
     """Self-training off: no model (a stale one is removed), empty curves, a summary saying so."""
     model_dir = Path(config.model_dir)
+    Path(config.work_dir).mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         (model_dir / name).unlink(missing_ok=True)
     from generator.files import atomic_write_json
