@@ -1,8 +1,8 @@
-"""The whole DVC pipeline on tiny settings: embed, discover, synthesize, train, evaluate.
+"""The whole DVC pipeline on tiny settings: embed, discover, synthesize, train, selftrain, evaluate.
 
 Runs `dvc repro` for real in a scratch copy of the project (the `testing` generator, a few photos
 and a four-image benchmark made here), then checks what a user relies on: a second repro does
-nothing, changing `synth.alpha` re-runs only synthesize, train and evaluate, and the shards travel
+nothing, changing `synth.alpha` re-runs only the stages after it, and the shards travel
 through a DVC remote into a fresh clone where the README's plain-webdataset snippet reads them.
 """
 
@@ -23,7 +23,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = ["generator", "trainer", "evaluation"]
-ALL_STAGES = {"embed", "discover", "synthesize", "train", "evaluate"}
+ALL_STAGES = {"embed", "discover", "synthesize", "train", "selftrain", "evaluate"}
 
 TINY_PARAMS = {
     "generator": {"name": "testing", "weights": None, "options": {"resolution": 32}},
@@ -39,6 +39,8 @@ TINY_PARAMS = {
     "train": {"holdout_shards": 1, "val_samples": 8, "base_channels": 4, "depth": 2, "steps": 4,
               "batch_size": 4, "lr_decay_step": 3, "num_workers": 0, "shuffle_buffer": 8, "threads": 1,
               "log_every": 1, "val_every": 2, "checkpoint_every": 2},
+    "selftrain": {"photos": "photos", "max_photos": None, "epochs": 3, "batch_size": 4, "log_every": 1,
+                  "checkpoint_every": 2, "threads": 1},
     "evaluate": {"benchmarks_root": "benchmarks", "benchmarks": ["ECSSD"], "required": ["ECSSD"],
                  "conventions": ["paper"], "localisation": False, "batch_size": 4, "examples": 2,
                  "threads": 1},
@@ -108,6 +110,8 @@ def test_repro_runs_every_stage_and_writes_metrics(project, first_repro):
     assert stages_run(first_repro) == ALL_STAGES
     metrics = json.loads((project / "data" / "eval" / "metrics.json").read_text())
     assert "ECSSD" in json.dumps(metrics)
+    assert list(metrics["ECSSD"]["paper"]) == ["model", "model_refined", "selftrained", "selftrained_refined",
+                                               "centre_prior", "centre_prior_refined"]
     manifest = json.loads((project / "data" / "shards" / "manifest.json").read_text())
     assert sum(shard["samples"] for shard in manifest["shards"]) == 24
     assert (project / "data" / "model" / "unet.pt").is_file()
@@ -117,11 +121,11 @@ def test_second_repro_does_nothing(project, first_repro):
     assert stages_run(run(["dvc", "repro"], project)) == set()
 
 
-def test_changing_alpha_reruns_only_synthesize_train_evaluate(project, first_repro):
+def test_changing_alpha_reruns_only_the_stages_after_it(project, first_repro):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["synth"]["alpha"] = 0.3
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(run(["dvc", "repro"], project)) == {"synthesize", "train", "evaluate"}
+    assert stages_run(run(["dvc", "repro"], project)) == {"synthesize", "train", "selftrain", "evaluate"}
 
 
 def readme_snippet(name: str) -> str:
