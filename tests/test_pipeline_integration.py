@@ -39,7 +39,7 @@ TINY_PARAMS = {
     "train": {"holdout_shards": 1, "val_samples": 8, "base_channels": 4, "depth": 2, "steps": 4,
               "batch_size": 4, "lr_decay_step": 3, "num_workers": 0, "shuffle_buffer": 8, "threads": 1,
               "log_every": 1, "val_every": 2, "checkpoint_every": 2},
-    "selftrain": {"photos": "photos", "max_photos": None, "epochs": 3, "batch_size": 4, "log_every": 1,
+    "selftrain": {"enabled": True, "photos": "photos", "max_photos": None, "epochs": 3, "batch_size": 4, "log_every": 1,
                   "checkpoint_every": 2, "threads": 1},
     "evaluate": {"benchmarks_root": "benchmarks", "benchmarks": ["ECSSD"], "required": ["ECSSD"],
                  "conventions": ["paper"], "localisation": False, "batch_size": 4, "examples": 2,
