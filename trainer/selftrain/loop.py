@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from evaluation.evaluate import example_indices
 from evaluation.predictors import UNetPredictor
+from generator.files import atomic_write_json
 from generator.image_io import centre_crop, load_rgb
 from trainer.checkpoint import fingerprint, restore_rng_states, rng_states
 from trainer.export import WEIGHTS_NAME, CONFIG_NAME, load_trained_model, save_trained_model
@@ -64,6 +65,7 @@ def self_train(config: SelfTrainConfig, progress: bool = True, log: Callable[[st
     """Run (or resume) self-training as configured. `on_step(step)` is called after every step."""
     if not config.enabled:
         return _record_disabled(config, log)
+    (Path(config.work_dir) / STATUS_NAME).unlink(missing_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -256,11 +258,11 @@ def _export(model: UNet, model_config: dict, photos: PhotoSet, config: SelfTrain
 def _record_disabled(config: SelfTrainConfig, log: Callable[[str], None]) -> SelfTrainResult:
     """Self-training off: no model (a stale one is removed), empty curves, a summary saying so."""
     model_dir = Path(config.model_dir)
-    Path(config.work_dir).mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         (model_dir / name).unlink(missing_ok=True)
-    from generator.files import atomic_write_json
-    atomic_write_json(model_dir / STATUS_NAME, {"enabled": False, "reason": "selftrain.enabled is false"})
+    status = {"enabled": False, "reason": "selftrain.enabled is false"}
+    for folder in (model_dir, Path(config.work_dir)):  # both are pipeline outputs: neither may be empty
+        atomic_write_json(folder / STATUS_NAME, status)
     history: dict[str, list[dict[str, Any]]] = {"loss": [], "labels": []}
     write_curves(history, config.plots_dir)
     write_summary({"enabled": False}, config.plots_dir)
