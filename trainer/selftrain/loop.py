@@ -70,6 +70,7 @@ def self_train(config: SelfTrainConfig, progress: bool = True, log: Callable[[st
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
     model, model_config = load_trained_model(config.model, map_location=device)
+    model_digest = _file_digest(Path(config.model) / WEIGHTS_NAME)  # read once: the folder may be re-linked later
     side = config.input_size or int(model_config["input_size"])
     if side < 2 ** model.architecture["depth"]:
         raise ValueError(f"photos of {side} px are too small for a U-Net of depth {model.architecture['depth']}")
@@ -81,7 +82,7 @@ def self_train(config: SelfTrainConfig, progress: bool = True, log: Callable[[st
     batches_per_epoch = -(-count // config.batch_size)
     settings = {
         "photos": photos.key, "photo_count": count, "input_size": side,
-        "model": _file_digest(Path(config.model) / WEIGHTS_NAME),
+        "model": model_digest,
         "olr_lambda": config.olr_lambda, "olr_warmup_epochs": config.olr_warmup_epochs, "loss": config.loss,
         "refine_labels": config.refine_labels, "batch_size": config.batch_size, "lr": config.lr,
         "seed": config.seed, "log_every": config.log_every,
@@ -167,7 +168,7 @@ def self_train(config: SelfTrainConfig, progress: bool = True, log: Callable[[st
         checkpoint()
     bar.close()
     predictions_path(config.work_dir).unlink(missing_ok=True)
-    _export(model, model_config, photos, config, history, step, snapshots, snapshot_rows)
+    _export(model, model_config, model_digest, photos, config, history, step, snapshots, snapshot_rows)
     log(f"self-trained {config.epochs} epochs ({step} steps) on {count} photos; model in {config.model_dir}")
     return SelfTrainResult(model, config.epochs, step, history, resumed_from, labels)
 
@@ -228,7 +229,7 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _export(model: UNet, model_config: dict, photos: PhotoSet, config: SelfTrainConfig,
+def _export(model: UNet, model_config: dict, model_digest: str, photos: PhotoSet, config: SelfTrainConfig,
             history: dict[str, list[dict[str, Any]]], step: int, snapshots: list[torch.Tensor],
             snapshot_rows: list[int]) -> None:
     side = photos.squares.shape[1]
@@ -241,8 +242,7 @@ def _export(model: UNet, model_config: dict, photos: PhotoSet, config: SelfTrain
                       "photos": str(config.photos), "photo_count": len(photos.files),
                       "skipped_photos": len(photos.skipped), "max_photos": config.max_photos,
                       "final_loss": last.get("loss")},
-        "initialised_from": {"folder": str(config.model), "weights_sha256_16": _file_digest(
-            Path(config.model) / WEIGHTS_NAME)},
+        "initialised_from": {"folder": str(config.model), "weights_sha256_16": model_digest},
         **{key: model_config[key] for key in ("generator", "data_manifest", "provenance") if key in model_config},
     }
     model.eval()
