@@ -33,6 +33,11 @@ def input_shape(height: int, width: int, side: int) -> tuple[int, int]:
     return max(side, round(height * scale)), max(side, round(width * scale))
 
 
+def protocol_input(rgb: np.ndarray, side: int) -> torch.Tensor:
+    """One 8-bit RGB photo as the model sees it: 1 x 3 x H' x W' in [-1, 1], shorter side `side`."""
+    return resize_shorter_side(to_unit_range(rgb)[None], side)
+
+
 def image_size(path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels."""
     try:
@@ -92,7 +97,7 @@ def predict_images(predictors: Sequence[Predictor], images: Sequence[np.ndarray]
     """The protocol for one batch: H x W x 3 uint8 images whose resized shapes agree (see
     `plan_shape_batches`) -> per image, each predictor's probability map resized to its `sizes` entry."""
     side = input_side(predictors)
-    inputs = torch.cat([resize_shorter_side(to_unit_range(image)[None], side) for image in images])
+    inputs = torch.cat([protocol_input(image, side) for image in images])
     outputs = {predictor.name: predictor(inputs) for predictor in predictors}
     return [{name: resize_to(output[index], size) for name, output in outputs.items()}
             for index, size in enumerate(sizes)]

@@ -1,8 +1,10 @@
 """`evaluate-saliency`: the `evaluate` stage, measuring the trained U-Net on real benchmarks.
 
 Reads the `evaluate` section of params.yaml (command-line options override it), finds each
-benchmark under the benchmarks root, runs the model and the centre-prior baseline through the
-inference protocol, and writes metrics, curves, a report and PNG grids (evaluation/report.py).
+benchmark under the benchmarks root, runs every model it finds (the synthetic-trained U-Net, the
+self-trained one when its folder holds a model) and the centre-prior baseline through the
+inference protocol, each alone and, with `refinement`, "+ refinement" (evaluation/refinement.py),
+and writes metrics, curves, a report and PNG grids (evaluation/report.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from evaluation.conventions import CONVENTIONS, get_convention
 from evaluation.datasets import BenchmarkNotFound, Layout, generic_layout, get_layout, load_benchmark
 from evaluation.download import DownloadError, download_benchmark
-from evaluation.evaluate import BenchmarkResult, evaluate_benchmark
+from evaluation.evaluate import REFINED_SUFFIX, BenchmarkResult, evaluate_benchmark, row_names
 from evaluation.predictors import CentrePrior, UNetPredictor
 from evaluation.report import write_outputs
 from generator.image_io import UnreadableImageError
@@ -28,6 +30,8 @@ from generator.runs import resolve_device
 
 DEFAULTS: dict[str, Any] = {
     "model": "data/model",
+    "selftrained_model": None,
+    "refinement": False,
     "benchmarks_root": "data/benchmarks",
     "benchmarks": ["ECSSD", "DUTS-TE", "DUT-OMRON", "PASCAL-S", "HKU-IS", "CUB-200-2011", "Flowers"],
     "required": [],
@@ -90,28 +94,59 @@ def _benchmark_specs(settings: dict[str, Any]) -> list[tuple[Layout, Path, bool]
     return specs
 
 
-def _predictors(settings: dict[str, Any]) -> list:
+SELFTRAINED_NAME = "selftrained"
+
+
+def _predictors(settings: dict[str, Any], notes: list[str]) -> list:
+    """The synthetic-trained U-Net (row `model`), the self-trained one (row `selftrained`) when its
+    folder holds a model, and the centre prior."""
+    from trainer.export import CONFIG_NAME, WEIGHTS_NAME, TrainedModelError
     predictors = []
     model = settings["model"]
     if model not in (None, "", "none"):
-        from trainer.export import TrainedModelError
         try:
             predictors.append(UNetPredictor.from_folder(model, device=settings["device"]))
         except (TrainedModelError, ValueError, RuntimeError) as error:
             raise click.ClickException(f"cannot load the trained model: {error}") from error
+    selftrained = settings["selftrained_model"]
+    if selftrained not in (None, "", "none"):
+        folder = Path(selftrained)
+        if (folder / WEIGHTS_NAME).is_file() or (folder / CONFIG_NAME).is_file():
+            try:
+                predictor = UNetPredictor.from_folder(folder, device=settings["device"])
+            except (TrainedModelError, ValueError, RuntimeError) as error:
+                raise click.ClickException(f"cannot load the self-trained model: {error}") from error
+            predictor.name = SELFTRAINED_NAME
+            predictors.append(predictor)
+        else:
+            notes.append(f"no self-trained model in {folder}: its row is left out (selftrain.enabled false?)")
     input_size = predictors[0].input_size if predictors else DEFAULT_INPUT_SIZE
     predictors.append(CentrePrior(input_size))
     return predictors
 
 
+def _row_descriptions(predictors: list, refinement: bool) -> list[dict[str, Any]]:
+    """What each row of the report is: its model and whether refinement was applied."""
+    from evaluation import refinement as bilateral
+    described = {predictor.name: predictor.describe() for predictor in predictors}
+    rows = []
+    for row in row_names(predictors, refinement):
+        refined = row.endswith(REFINED_SUFFIX)
+        name = row[:-len(REFINED_SUFFIX)] if refined else row
+        rows.append({"row": row, "model": name, "kind": described[name].get("kind"), "refinement": refined and {
+            "method": "fast bilateral solver (Barron and Poole 2016)", "sigma_spatial": bilateral.SIGMA_SPATIAL,
+            "sigma_luma": bilateral.SIGMA_LUMA, "sigma_chroma": bilateral.SIGMA_CHROMA, "lam": bilateral.LAM}})
+    return rows
+
+
 def _print_table(results: list[BenchmarkResult]) -> None:
-    header = f"{'benchmark':14s} {'convention':10s} {'predictor':13s} " + " ".join(f"{m:>11s}" for m in TABLE_METRICS)
+    header = f"{'benchmark':14s} {'convention':10s} {'predictor':24s} " + " ".join(f"{m:>11s}" for m in TABLE_METRICS)
     click.echo(header)
     for result in results:
         for convention, by_predictor in result.metrics.items():
             for predictor, values in by_predictor.items():
                 cells = " ".join(f"{values[m]:11.4f}" if m in values else f"{'-':>11s}" for m in TABLE_METRICS)
-                click.echo(f"{result.name:14s} {convention:10s} {predictor:13s} {cells}")
+                click.echo(f"{result.name:14s} {convention:10s} {predictor:24s} {cells}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,6 +167,12 @@ def _print_table(results: list[BenchmarkResult]) -> None:
                    "(PySODMetrics'). Every report names the one it used.")
 @click.option("--localisation/--no-localisation", default=None,
               help="Also compute MaxBoxAcc and PxAP (the slowest metrics).")
+@click.option("--selftrained-model", default=None,
+              help="Self-trained model folder (from self-train); evaluated as row `selftrained` when it holds a "
+                   "model; `none` to leave it out.")
+@click.option("--refinement/--no-refinement", default=None,
+              help="Also report each model \"+ refinement\" (rows `<name>_refined`): its maps refined against "
+                   "the photo by the fast bilateral solver.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images predicted together (images are grouped by resized shape).")
 @click.option("--examples", type=click.IntRange(min=0), default=None, help="Images in each benchmark's PNG grid.")
@@ -145,7 +186,10 @@ def _print_table(results: list[BenchmarkResult]) -> None:
               help="Torch threads on the CPU (default 1: images are decoded in a second thread meanwhile).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(params_path: str, quiet: bool, **options: Any) -> None:
-    """Measure the trained saliency model and the centre-prior baseline on real benchmarks.
+    """Measure the trained saliency models and the centre-prior baseline on real benchmarks.
+
+    Rows: `model` (the U-Net trained on synthetic pairs), `selftrained` (when --selftrained-model
+    holds a model), `centre_prior`, and with --refinement each again as `<row>_refined`.
 
     Writes OUTPUT/metrics.json (DVC metrics: benchmark -> convention -> predictor -> metric),
     OUTPUT/plots/{pr,f_threshold}/*.csv (DVC plots), OUTPUT/report.json (conventions, model,
@@ -167,10 +211,14 @@ def main(params_path: str, quiet: bool, **options: Any) -> None:
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     torch.set_num_threads(int(settings["threads"]))
-    predictors = _predictors(settings)
+    notes: list[str] = []
+    predictors = _predictors(settings, notes)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    refinement = bool(settings["refinement"])
     output = Path(settings["output"])
     start = time.perf_counter()
-    results, skipped, notes = [], [], []
+    results, skipped = [], []
     for layout, folder, required in specs:
         if not folder.is_dir() and settings["download"]:
             try:
@@ -195,7 +243,7 @@ def main(params_path: str, quiet: bool, **options: Any) -> None:
         try:
             results.append(evaluate_benchmark(benchmark, predictors, conventions, int(settings["batch_size"]),
                                               bool(settings["localisation"]), int(settings["examples"]),
-                                              settings["limit"], progress=not quiet))
+                                              settings["limit"], progress=not quiet, refinement=refinement))
         except UnreadableImageError as error:
             raise click.ClickException(f"{layout.name}: {error}") from error
     if not results:
@@ -206,12 +254,13 @@ def main(params_path: str, quiet: bool, **options: Any) -> None:
         "conventions": {c.name: c.description for c in conventions},
         "headline_convention": conventions[0].name,
         "predictors": [predictor.describe() for predictor in predictors],
+        "rows": _row_descriptions(predictors, refinement),
         "inference": {"shorter_side": predictors[0].input_size, "input_range": [-1.0, 1.0],
                       "resize_in": "bilinear, antialiased when shrinking", "resize_back": "bilinear to the mask size"},
         "benchmarks_root": str(settings["benchmarks_root"]),
         "skipped": skipped,
         "warnings": notes,
-        "settings": {key: settings[key] for key in ("batch_size", "limit", "localisation", "examples")},
+        "settings": {key: settings[key] for key in ("batch_size", "limit", "localisation", "examples", "refinement")},
         "seconds": round(time.perf_counter() - start, 2),
     }
     written = write_outputs(output, results, report)

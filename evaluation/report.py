@@ -2,9 +2,11 @@
 
 Under the output folder (`data/eval/` in the pipeline):
 
-- `metrics.json`: DVC metrics, `{benchmark: {convention: {predictor: {metric: value}}}}`; the
-  predictors are `model` and the `centre_prior` baseline, so every number sits beside its trivial
-  counterpart, and the convention's name is part of every key.
+- `metrics.json`: DVC metrics, `{benchmark: {convention: {row: {metric: value}}}}`; the rows are
+  `model` (the U-Net trained on synthetic pairs), `selftrained` (after self-training on photos, when
+  present) and the `centre_prior` baseline, each followed by `<row>_refined` when refinement is on,
+  so every number sits beside its trivial counterpart, and the convention's name is part of every
+  key.  `report.json`'s `rows` says each row's model and whether refinement was applied.
 - `plots/pr/<benchmark>.<convention>.<predictor>.csv` (threshold, precision, recall) and
   `plots/f_threshold/...csv` (threshold, f, e, box_acc): DVC plots.
 - `report.json`: the conventions' definitions, the model, every benchmark's pairing problems

@@ -1,9 +1,9 @@
-"""The whole DVC pipeline on tiny settings: embed, discover, synthesize, train, evaluate.
+"""The whole DVC pipeline on tiny settings: embed, discover, synthesize, train, selftrain, evaluate.
 
 Runs `dvc repro` for real in a scratch copy of the project (the `testing` generator, a few photos
 and a four-image benchmark made here), then checks what a user relies on: a second repro does
 nothing, changing `synth.alpha` re-scores the direction (from discovery's finished checkpoint) and
-re-runs synthesize, train and evaluate, and the shards travel
+re-runs the stages after it, and the shards travel
 through a DVC remote into a fresh clone where the README's plain-webdataset snippet reads them.
 """
 
@@ -27,7 +27,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = ["generator", "trainer", "evaluation"]
-ALL_STAGES = {"embed", "discover", "synthesize", "train", "evaluate"}
+ALL_STAGES = {"embed", "discover", "synthesize", "train", "selftrain", "evaluate"}
 
 TINY_PARAMS = {
     "generator": {"name": "testing", "weights": None, "options": {"resolution": 32}},
@@ -43,6 +43,8 @@ TINY_PARAMS = {
     "train": {"holdout_shards": 1, "val_samples": 8, "base_channels": 4, "depth": 2, "steps": 4,
               "batch_size": 4, "lr_decay_step": 3, "num_workers": 0, "shuffle_buffer": 8, "threads": 1,
               "log_every": 1, "val_every": 2, "checkpoint_every": 2},
+    "selftrain": {"enabled": True, "photos": "photos", "max_photos": None, "epochs": 3, "batch_size": 4, "log_every": 1,
+                  "checkpoint_every": 2, "threads": 1},
     "evaluate": {"benchmarks_root": "benchmarks", "benchmarks": ["ECSSD"], "required": ["ECSSD"],
                  "conventions": ["paper"], "localisation": False, "batch_size": 4, "examples": 2,
                  "threads": 1},
@@ -116,6 +118,8 @@ def test_repro_runs_every_stage_and_writes_metrics(project, first_repro):
     assert stages_run(first_repro) == ALL_STAGES
     metrics = json.loads((project / "data" / "eval" / "metrics.json").read_text())
     assert "ECSSD" in json.dumps(metrics)
+    assert list(metrics["ECSSD"]["paper"]) == ["model", "model_refined", "selftrained", "selftrained_refined",
+                                               "centre_prior", "centre_prior_refined"]
     manifest = json.loads((project / "data" / "shards" / "manifest.json").read_text())
     assert sum(shard["samples"] for shard in manifest["shards"]) == 24
     assert (project / "data" / "model" / "unet.pt").is_file()
@@ -146,7 +150,7 @@ def test_changing_alpha_rescores_the_direction_and_reruns_synthesize_train_evalu
     output = run(["dvc", "repro"], project)
     # candidates are scored on the latents synthesis draws, so the direction is chosen again, but
     # discovery itself is not rerun: its finished checkpoint is reused
-    assert stages_run(output) == {"discover", "synthesize", "train", "evaluate"}
+    assert stages_run(output) == {"discover", "synthesize", "train", "selftrain", "evaluate"}
     assert "all steps from the checkpoint" in output
 
 

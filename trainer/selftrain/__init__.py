@@ -1,0 +1,1 @@
+"""Self-training of the U-Net on unlabeled real photos with online label rectification (A2S)."""
