@@ -107,6 +107,25 @@ def test_threshold_writes_binary_masks_agreeing_with_the_map(photos, model, tmp_
         assert (binary[probability >= 129] == 255).all() and (binary[probability <= 126] == 0).all()
 
 
+def test_refine_applies_the_edge_aware_refinement_to_each_map(photos, model, tmp_path, monkeypatch):
+    from evaluation import refinement
+    from evaluation.refinement import refine
+
+    calls = []
+    monkeypatch.setattr(refinement, "refine", lambda photo, p: calls.append(photo.shape) or refine(photo, p))
+    run(photos, tmp_path / "maps", "--model", model)
+    assert not calls
+    result = run(photos, tmp_path / "refined", "--model", model, "--refine")
+    assert "refined" in result.output
+    assert sorted(calls) == sorted((height, width, 3) for height, width in PHOTOS.values())
+    for relative, (height, width) in PHOTOS.items():
+        plain, refined = mask_of(tmp_path / "maps", relative), mask_of(tmp_path / "refined", relative)
+        assert refined.shape == (height, width)
+        expected = np.rint(refine(load_rgb(photos / relative), plain / 255.0) * 255)
+        # the refinement of the stored 8-bit map, within the rounding of that map and of the output
+        assert np.abs(refined.astype(int) - expected).mean() < 2
+
+
 def test_overlay_is_an_rgb_png_beside_each_mask(photos, model, tmp_path):
     output = tmp_path / "masks"
     run(photos, output, "--model", model, "--overlay")
