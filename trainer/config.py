@@ -28,6 +28,23 @@ class ConfigError(ValueError):
     """A `train` section that cannot run, with a message naming the setting."""
 
 
+def section_values(kind: type, section: dict[str, Any] | None, name: str, overrides: dict[str, Any],
+                   error: type[ValueError]) -> dict[str, Any]:
+    """The fields of dataclass `kind` from a params section, with `overrides` (None values ignored)
+    winning over it; unknown keys raise `error`."""
+    values = dict(section or {})
+    unknown = sorted(set(values) - {f.name for f in fields(kind)})
+    if unknown:
+        raise error(f"unknown key(s) in the {name} section: {', '.join(unknown)}")
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    if isinstance(values.get("lr"), str):  # YAML reads 1e-3 (no dot) as a string
+        try:
+            values["lr"] = float(values["lr"])
+        except ValueError:
+            pass
+    return values
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run; the field names are the `train` section's keys."""
@@ -99,17 +116,7 @@ class TrainConfig:
     @classmethod
     def from_section(cls, section: dict[str, Any] | None, **overrides: Any) -> "TrainConfig":
         """Build from a params section; `overrides` (None values ignored) win over it."""
-        values = dict(section or {})
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown key(s) in the train section: {', '.join(unknown)}")
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        if isinstance(values.get("lr"), str):  # YAML reads 1e-3 (no dot) as a string
-            try:
-                values["lr"] = float(values["lr"])
-            except ValueError:
-                pass
-        return cls(**values)
+        return cls(**section_values(cls, section, "train", overrides, ConfigError))
 
     def with_paper_schedule(self) -> "TrainConfig":
         """This configuration with the published schedule and network width."""

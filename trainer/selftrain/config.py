@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
+from trainer.config import section_values
+
 LOSSES = ("bce", "a2s")
 
 
@@ -64,17 +66,7 @@ class SelfTrainConfig:
     @classmethod
     def from_section(cls, section: dict[str, Any] | None, **overrides: Any) -> "SelfTrainConfig":
         """Build from a params section; `overrides` (None values ignored) win over it."""
-        values = dict(section or {})
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown key(s) in the selftrain section: {', '.join(unknown)}")
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        if isinstance(values.get("lr"), str):  # YAML reads 3e-4 (no dot) as a string
-            try:
-                values["lr"] = float(values["lr"])
-            except ValueError:
-                pass
-        return cls(**values)
+        return cls(**section_values(cls, section, "selftrain", overrides, ConfigError))
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
