@@ -50,7 +50,7 @@ def run_shards(job: RenderJob, shards: Iterable[tuple[int, int]], workers: int,
     """
     shards = list(shards)
     distributor = job.settings.distributor
-    if distributor == "multiprocessing" and job.settings.device != "cpu":
+    if distributor == "multiprocessing" and job.settings.device != "cpu" and workers > 1:
         distributor = "pipeline"              # a GPU renders while worker processes post-process
     if distributor == "ray":
         from generator.synth.ray_distributor import ray_distributor as chosen
@@ -65,8 +65,8 @@ def run_shards(job: RenderJob, shards: Iterable[tuple[int, int]], workers: int,
 def multiprocessing_distributor(job: RenderJob, shards: list[tuple[int, int]], workers: int,
                                 progress: Progress | None = None, shard_done: ShardDone | None = None,
                                 generator: Generator | None = None) -> list[ShardStats]:
-    """Whole shards in worker processes (one torch thread each), or in this process for one worker."""
-    if workers <= 1 or len(shards) <= 1:
+    """Whole shards in worker processes (one torch thread each); in this process for one worker or a GPU."""
+    if workers <= 1 or len(shards) <= 1 or job.settings.device != "cpu":
         return render_here(job, shards, progress, shard_done, generator)
     return _run_in_pool(job, shards, min(workers, len(shards)), progress, shard_done)
 

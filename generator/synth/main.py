@@ -257,8 +257,8 @@ def _finite(ctx, param, value):
               help="cpu (worker processes), cuda or cuda:N (render in this process in batches on a GPU), or "
                    "auto (cuda when present). [params: synth.device]")
 @click.option("--distributor", type=click.Choice(DISTRIBUTORS), default=None,
-              help="multiprocessing: whole shards in --workers processes on this machine (with a GPU: G renders "
-                   "in this process while --workers processes post-process); pipeline: that split on any device; "
+              help="multiprocessing: whole shards in --workers processes on this machine (with a GPU and --workers "
+                   "above 1: G renders in this process while --workers processes post-process); pipeline: that split on any device; "
                    "ray: each shard a Ray task, over a cluster (see --ray-address). The bytes are the same "
                    "whichever is used. [params: synth.distributor]")
 @click.option("--ray-address", default=None,

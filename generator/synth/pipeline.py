@@ -57,8 +57,9 @@ def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_don
     settings = job.settings
     budget = settings.max_candidates_per_sample * settings.shard_size
     todo = list(reversed(shards))
-    assigned: dict[int, list[int]] = {}          # worker -> [shard, next candidate]
+    assigned: dict[int, _Shard] = {}             # worker -> the shard it assembles
     in_flight = [0] * len(inboxes)               # batches sent to a worker and not yet taken
+    totals = [0, 0]                              # kept, considered over the whole run
     results: list[ShardStats] = []
     turn = 0
 
@@ -67,6 +68,10 @@ def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_don
         if kind == "taken":
             in_flight[number] -= 1
         elif kind == "batch":
+            assigned[number].kept += values[0]
+            assigned[number].considered += values[1]
+            totals[0] += values[0]
+            totals[1] += values[1]
             if progress is not None:
                 progress(*values)
         elif kind == "done":
@@ -84,15 +89,16 @@ def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_don
             if number not in assigned and todo:
                 index, count = todo.pop()
                 inbox.put(("shard", index, count))
-                assigned[number] = [index, 0]
-        ready = [number for number, (index, first) in assigned.items()
-                 if in_flight[number] < AHEAD and first < budget]
+                assigned[number] = _Shard(index, count)
+        rate = totals[0] / totals[1] if totals[1] else 1.0
+        ready = [number for number, shard in assigned.items()
+                 if in_flight[number] < AHEAD and shard.rendered < budget and shard.wants_more(rate)]
         if ready:
             number = ready[turn % len(ready)]
             turn += 1
-            index, first = assigned[number]
-            inboxes[number].put(("batch", renderer.render_batch(index, first)))
-            assigned[number][1] += settings.batch_size
+            shard = assigned[number]
+            inboxes[number].put(("batch", renderer.render_batch(shard.index, shard.rendered)))
+            shard.rendered += settings.batch_size
             in_flight[number] += 1
             timeout = None
         else:
@@ -106,10 +112,24 @@ def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_don
             timeout = None
         dead = [number for number, process in enumerate(processes) if process.exitcode is not None]
         if dead:
-            shards_of = [str(assigned[number][0]) for number in dead if number in assigned] or ["unknown"]
+            shards_of = [str(assigned[number].index) for number in dead if number in assigned] or ["unknown"]
             raise WorkerFailed(f"a worker process died while post-processing shard {', '.join(shards_of)} "
                                f"(killed: out of memory, or a signal)")
     return results
+
+
+class _Shard:
+    """What the renderer knows of a shard being assembled: candidates rendered, kept and used so far."""
+
+    def __init__(self, index: int, count: int) -> None:
+        self.index, self.count = index, count
+        self.rendered = self.kept = self.considered = 0
+
+    def wants_more(self, run_rate: float) -> bool:
+        """Whether the batches in flight are not expected to fill the shard (batches past a full
+        shard are rendered for nothing).  The acceptance rate is the shard's own once known."""
+        rate = self.kept / self.considered if self.considered else run_rate
+        return self.kept + (self.rendered - self.considered) * rate < self.count
 
 
 def _postprocess(job: RenderJob, number: int, inbox, outbox) -> None:
