@@ -31,3 +31,10 @@ def test_a_shard_over_budget_stops_the_pipeline_keeping_the_finished_ones(projec
     write_params(project, **SETTINGS, workers=1, filters={"size": {"max_foreground": 0.15}}, output="reference")
     run()
     assert shard_bytes(folder) == shard_bytes(project / "reference")
+
+
+def test_bad_distributor_settings_are_named(project):
+    write_params(project, distributor="spark", retries=-1)
+    failed = run(expect=1)
+    assert "distributor must be one of multiprocessing, pipeline, ray" in failed.output
+    assert "retries must be a non-negative integer" in failed.output
