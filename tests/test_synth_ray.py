@@ -21,12 +21,18 @@ SMALL = {"n": 40, "shard_size": 10, "batch_size": 4}
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster of two CPUs for this module; its address lets other processes join it."""
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    before = os.environ.get("PYTHONPATH")
+    # The cluster's worker processes import this checkout's code, as the driver does.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), before]))
     try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def reference(project, **settings):
