@@ -3,7 +3,7 @@
     python benchmarks/bench_scale.py                         # CPU: the house generator
     python benchmarks/bench_scale.py --quick                 # the same, tiny (a smoke test)
     python benchmarks/bench_scale.py --device cuda --generator standin --generator house \\
-        --n 6000 --batch-size 95 --workers 12 --trainer      # a GPU: fits in 10 minutes
+        --n 10000 --shard-size 1000 --batch-size 95 --workers 12 --trainer   # a GPU: a few minutes
 
 For each generator, rows measured one after the other:
   forward      G(z) and G(z + h) for a batch, nothing else (on CPU with one torch thread, as the
@@ -12,7 +12,8 @@ For each generator, rows measured one after the other:
   pipeline     gen-synth with G in this process and --workers processes post-processing
   processes    (CPU only) gen-synth with whole shards in --workers processes
 Each gen-synth row gives candidates/s (what G renders), kept samples/s, and the ratio of its
-candidates/s to the forward row's.  The `standin` generator is benchmarks/bigbigan_standin.py,
+candidates/s to the forward row's; its time includes starting worker processes (a second or
+two), so small --n understates the pipeline's sustained rate.  The `standin` generator is benchmarks/bigbigan_standin.py,
 BigGAN's 128 x 128 generator with random weights (BigBiGAN's cost); its direction's sign is
 chosen so about a quarter of the pixels move, and it runs with a generous candidate budget.
 
