@@ -1,4 +1,10 @@
-"""The distributor: runs a list of shards, in worker processes on CPU or in this process on a GPU.
+"""The distributors: run a list of shards, in worker processes, as a pipeline, or as Ray tasks.
+
+Distributors are sibling functions with one signature (job, shards, workers, progress,
+shard_done, generator) -> stats: `multiprocessing_distributor` (here), `pipeline_distributor`
+(generator/synth/pipeline.py: G in this process, the rest in worker processes; what a GPU
+uses) and `ray_distributor` (generator/synth/ray_distributor.py: a Ray task per shard);
+`run_shards` picks one from `synth.distributor` and the device.
 
 A shard is a self-contained unit of work (a `RenderJob` and an index), so the way shards are
 spread changes nothing in their bytes.  CPU workers each use one torch thread: parallelism comes
@@ -43,15 +49,29 @@ def run_shards(job: RenderJob, shards: Iterable[tuple[int, int]], workers: int,
     `generator` (optional) is the already-built generator, used when rendering in this process.
     """
     shards = list(shards)
-    in_process = workers <= 1 or len(shards) <= 1 or job.settings.device != "cpu"
-    if in_process:
-        results = _run_here(job, shards, progress, shard_done, generator)
+    distributor = job.settings.distributor
+    if distributor == "multiprocessing" and job.settings.device != "cpu" and workers > 1:
+        distributor = "pipeline"              # a GPU renders while worker processes post-process
+    if distributor == "ray":
+        from generator.synth.ray_distributor import ray_distributor as chosen
+    elif distributor == "pipeline":
+        from generator.synth.pipeline import pipeline_distributor as chosen
     else:
-        results = _run_in_pool(job, shards, min(workers, len(shards)), progress, shard_done)
+        chosen = multiprocessing_distributor
+    results = chosen(job, shards, workers, progress, shard_done, generator)
     return sorted(results, key=lambda stats: stats.shard)
 
 
-def _run_here(job, shards, progress, shard_done, generator) -> list[ShardStats]:
+def multiprocessing_distributor(job: RenderJob, shards: list[tuple[int, int]], workers: int,
+                                progress: Progress | None = None, shard_done: ShardDone | None = None,
+                                generator: Generator | None = None) -> list[ShardStats]:
+    """Whole shards in worker processes (one torch thread each); in this process for one worker or a GPU."""
+    if workers <= 1 or len(shards) <= 1 or job.settings.device != "cpu":
+        return render_here(job, shards, progress, shard_done, generator)
+    return _run_in_pool(job, shards, min(workers, len(shards)), progress, shard_done)
+
+
+def render_here(job, shards, progress, shard_done, generator) -> list[ShardStats]:
     threads = torch.get_num_threads()
     if job.settings.device == "cpu":
         torch.set_num_threads(1)   # the same arithmetic as a worker process

@@ -28,7 +28,8 @@ from generator.synth.distributor import WorkerFailed, run_shards
 from generator.synth.manifest import (MANIFEST_NAME, build_manifest, code_digest, config_digest, run_record,
                                      write_manifest)
 from generator.synth.samplers import LatentBankError, load_latent_bank, resolve_bank_path
-from generator.synth.settings import SAMPLERS, SynthSettings
+from generator.synth.ray_distributor import RayNotInstalled
+from generator.synth.settings import DISTRIBUTORS, SAMPLERS, SynthSettings
 from generator.synth.worker import CandidateBudgetExceeded, RenderJob
 from generator.synth.writer import ShardStats, stats_name, write_json_atomic
 
@@ -172,6 +173,9 @@ def _synthesize_locked(settings, spec, generator, direction, bank_path, bank, de
     start = time.perf_counter()
     try:
         made = run_shards(job, todo, settings.workers, progress, commit, generator=generator)
+    except RayNotInstalled as error:
+        progress.close(progress.bar.n)
+        raise click.ClickException(str(error)) from error
     except (CandidateBudgetExceeded, WorkerFailed) as error:
         progress.close(progress.bar.n)
         output_folder.remove_temporary(folder)        # finished shards stay: a rerun goes on from them
@@ -252,6 +256,18 @@ def _finite(ctx, param, value):
 @click.option("--device", default=None,
               help="cpu (worker processes), cuda or cuda:N (render in this process in batches on a GPU), or "
                    "auto (cuda when present). [params: synth.device]")
+@click.option("--distributor", type=click.Choice(DISTRIBUTORS), default=None,
+              help="multiprocessing: whole shards in --workers processes on this machine (with a GPU and --workers "
+                   "above 1: G renders in this process while --workers processes post-process); pipeline: that split on any device; "
+                   "ray: each shard a Ray task, over a cluster (see --ray-address). The bytes are the same "
+                   "whichever is used. [params: synth.distributor]")
+@click.option("--ray-address", default=None,
+              help="For --distributor ray: the cluster to join, host:port or auto (the one `ray start` made on "
+                   "this machine); empty starts a local cluster of --workers CPUs. The output folder must be the "
+                   "same path on every machine. [params: synth.ray_address]")
+@click.option("--retries", type=click.IntRange(min=0), default=None,
+              help="For --distributor ray: times a failed shard (its worker killed, a node lost, an I/O error) "
+                   "is rendered again before the run stops with its error. [params: synth.retries]")
 @click.option("--resume/--no-resume", default=None,
               help="Finish a run that was interrupted, or extend a set to a larger --n: keep its complete "
                    "shards, make the rest. The settings that shape the bytes must be the same (a different "

@@ -11,6 +11,9 @@ from typing import Any
 from generator.synth.filters import FilterConfig
 
 SAMPLERS = ("neighbourhood", "gaussian")
+#: How shards are spread: worker processes on this machine, the pipeline (G in this process,
+#: post-processing in worker processes: what a GPU uses), or Ray tasks over a cluster.
+DISTRIBUTORS = ("multiprocessing", "pipeline", "ray")
 
 
 class SettingsError(ValueError):
@@ -37,6 +40,9 @@ class SynthSettings:
     workers: int = 2                       # CPU worker processes (one torch thread each)
     device: str = "cpu"
     resume: bool = True                    # finish an interrupted run with the same parameters
+    distributor: str = "multiprocessing"   # or "pipeline", or "ray" (DISTRIBUTORS)
+    ray_address: str = ""                  # "" starts a local Ray cluster; "auto" joins the one running here
+    retries: int = 2                       # Ray: a failed shard is rendered again up to this many times
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> "SynthSettings":
@@ -66,6 +72,12 @@ class SynthSettings:
 
         for name in ("n", "shard_size", "batch_size", "max_candidates_per_sample", "workers"):
             positive_int(name, getattr(self, name))
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            problems.append(f"retries must be a non-negative integer, got {self.retries!r}")
+        if self.distributor not in DISTRIBUTORS:
+            problems.append(f"distributor must be one of {', '.join(DISTRIBUTORS)}, got {self.distributor!r}")
+        if not isinstance(self.ray_address, str):
+            problems.append(f"ray_address must be a string, got {self.ray_address!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             problems.append(f"seed must be a non-negative integer, got {self.seed!r}")
         if (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))

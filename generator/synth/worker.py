@@ -74,64 +74,121 @@ class ShardRenderer:
             self.sampler = NeighbourhoodSampler(bank, self.settings.alpha)
 
     def render(self, shard: int, count: int, progress: Progress | None = None) -> ShardStats:
-        settings = self.settings
-        budget = settings.max_candidates_per_sample * settings.shard_size
-        rejected = {name: 0 for name in settings.filters.order if name in REJECTING_FILTERS}
-        timing = {"sample_s": 0.0, "generate_s": 0.0, "postprocess_s": 0.0}
-        kept = used = empty = 0
-        path = Path(self.job.output) / shard_name(shard)
-        with ShardWriter(path) as writer:
-            while kept < count:
-                if used >= budget:
-                    raise CandidateBudgetExceeded(self._budget_message(shard, count, kept, used, rejected))
-                counters = np.arange(used, used + settings.batch_size)
-
-                start = time.perf_counter()
-                batch = self.sampler.sample(settings.seed, shard, counters)
-                z = torch.from_numpy(batch.z).to(self.generator.device)
-                timing["sample_s"] += time.perf_counter() - start
-
-                start = time.perf_counter()
-                with torch.inference_mode():
-                    images = self.generator.generate(z)
-                    shifted = self.generator.generate(z + self.shift)
-                if images.device.type == "cuda":
-                    torch.cuda.synchronize(images.device)
-                timing["generate_s"] += time.perf_counter() - start
-
-                start = time.perf_counter()
-                masks = synthesize_masks(images, shifted)
-                result = apply_filters(masks.cpu().numpy(), shifted.float().cpu().numpy(), settings.filters)
-                # Candidates past the budget do not count; of the rest, take the first that pass.
-                usable = min(len(counters), budget - used)
-                passing = np.flatnonzero(result.keep[:usable])[: count - kept]
-                considered = passing[-1] + 1 if len(passing) == count - kept else usable
-                for name in rejected:
-                    rejected[name] += int(np.count_nonzero(result.rejected[name][:considered]))
-                pixels = images_to_uint8(images[torch.from_numpy(passing).to(images.device)])
-                for row, i in enumerate(passing):
-                    position = kept + row
-                    writer.add_sample(sample_key(shard, position),
-                                      self._members(shard, position, int(counters[i]), pixels[row],
-                                                    result.masks[i], float(result.foreground_fraction[i]),
-                                                    int(batch.source_index[i]), batch.z[i]))
-                kept += len(passing)
-                empty += int(np.count_nonzero(result.foreground_fraction[passing] == 0))
-                used += int(considered)
-                timing["postprocess_s"] += time.perf_counter() - start
+        with ShardAssembler(self.job, shard, count) as assembler:
+            while not assembler.full:
+                batch = self.render_batch(shard, assembler.used)
+                kept, considered = assembler.add(batch)
                 if progress is not None:
-                    progress(len(passing), int(considered))
-            start = time.perf_counter()
-            size, digest = writer.close()
-            timing["postprocess_s"] += time.perf_counter() - start
-        return ShardStats(shard=shard, name=path.name, samples=kept, candidates=used, rejected_by=rejected,
-                          bytes=size, sha256=digest, empty_masks=empty, config_digest=self.job.config_digest,
-                          record=self.job.record,
-                          timing=timing)
+                    progress(kept, considered)
+            return assembler.finish()
 
-    def _members(self, shard: int, position: int, candidate: int, pixels: np.ndarray, mask: np.ndarray,
-                 fraction: float, source_index: int, z: np.ndarray) -> dict[str, bytes]:
+    def render_batch(self, shard: int, first: int) -> "RenderedBatch":
+        """Candidates first .. first + batch_size - 1 of a shard: latents, G(z), G(z + h_bg), masks."""
+        counters = np.arange(first, first + self.settings.batch_size)
+        start = time.perf_counter()
+        batch = self.sampler.sample(self.settings.seed, shard, counters)
+        z = torch.from_numpy(batch.z).to(self.generator.device)
+        sample_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            images = self.generator.generate(z)
+            shifted = self.generator.generate(z + self.shift)
+        if images.device.type == "cuda":
+            torch.cuda.synchronize(images.device)
+        generate_s = time.perf_counter() - start
+        masks = synthesize_masks(images, shifted)
+        return RenderedBatch(shard=shard, counters=counters, z=batch.z, source_index=batch.source_index,
+                             images=images.detach().to("cpu", torch.float32).numpy(), masks=masks.cpu().numpy(),
+                             shifted=shifted.float().cpu().numpy(), sample_s=sample_s, generate_s=generate_s)
+
+
+@dataclass
+class RenderedBatch:
+    """One generator call's output on the CPU, all the post-processing needs (plain arrays)."""
+
+    shard: int
+    counters: np.ndarray          # candidate numbers within the shard
+    z: np.ndarray
+    source_index: np.ndarray
+    images: np.ndarray            # G(z), N x 3 x H x W float32 in [-1, 1]
+    masks: np.ndarray             # N x H x W bool
+    shifted: np.ndarray           # G(z + h_bg), N x 3 x H x W float32
+    sample_s: float = 0.0
+    generate_s: float = 0.0
+
+
+class ShardAssembler:
+    """Post-processes a shard's batches in candidate order into its tar: filters, encoding, writes.
+
+    Batches must come as candidates 0.., B.., 2B..; `add` returns (kept, considered).  A shard that
+    uses its whole candidate budget without filling up raises CandidateBudgetExceeded.  Use as a
+    context manager: leaving it by an exception removes the temporary file.
+    """
+
+    def __init__(self, job: RenderJob, shard: int, count: int) -> None:
+        self.job, self.settings, self.shard, self.count = job, job.settings, shard, count
+        self.budget = self.settings.max_candidates_per_sample * self.settings.shard_size
+        self.rejected = {name: 0 for name in self.settings.filters.order if name in REJECTING_FILTERS}
+        self.timing = {"sample_s": 0.0, "generate_s": 0.0, "postprocess_s": 0.0}
+        self.kept = self.used = self.empty = 0
+        self.path = Path(job.output) / shard_name(shard)
+        self.writer = ShardWriter(self.path)
+
+    @property
+    def full(self) -> bool:
+        return self.kept >= self.count
+
+    def add(self, batch: RenderedBatch) -> tuple[int, int]:
+        if batch.counters[0] != self.used:
+            raise ValueError(f"shard {self.shard}: batch from candidate {batch.counters[0]}, expected {self.used}")
+        start = time.perf_counter()
         settings = self.settings
+        result = apply_filters(batch.masks, batch.shifted, settings.filters)
+        # Candidates past the budget do not count; of the rest, take the first that pass.
+        usable = min(len(batch.counters), self.budget - self.used)
+        passing = np.flatnonzero(result.keep[:usable])[: self.count - self.kept]
+        considered = passing[-1] + 1 if len(passing) == self.count - self.kept else usable
+        for name in self.rejected:
+            self.rejected[name] += int(np.count_nonzero(result.rejected[name][:considered]))
+        pixels = images_to_uint8(torch.from_numpy(batch.images[passing]))
+        for row, i in enumerate(passing):
+            position = self.kept + row
+            self.writer.add_sample(sample_key(self.shard, position),
+                                   self._members(position, int(batch.counters[i]), pixels[row], result.masks[i],
+                                                 float(result.foreground_fraction[i]), int(batch.source_index[i]),
+                                                 batch.z[i]))
+        self.kept += len(passing)
+        self.empty += int(np.count_nonzero(result.foreground_fraction[passing] == 0))
+        self.used += int(considered)
+        self.timing["sample_s"] += batch.sample_s
+        self.timing["generate_s"] += batch.generate_s
+        self.timing["postprocess_s"] += time.perf_counter() - start
+        if not self.full and self.used >= self.budget:
+            raise CandidateBudgetExceeded(self._budget_message())
+        return len(passing), int(considered)
+
+    def finish(self) -> ShardStats:
+        start = time.perf_counter()
+        size, digest = self.writer.close()
+        self.timing["postprocess_s"] += time.perf_counter() - start
+        return ShardStats(shard=self.shard, name=self.path.name, samples=self.kept, candidates=self.used,
+                          rejected_by=self.rejected, bytes=size, sha256=digest, empty_masks=self.empty,
+                          config_digest=self.job.config_digest, record=self.job.record, timing=self.timing)
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+    def __enter__(self) -> "ShardAssembler":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _members(self, position: int, candidate: int, pixels: np.ndarray, mask: np.ndarray,
+                 fraction: float, source_index: int, z: np.ndarray) -> dict[str, bytes]:
+        settings, shard = self.settings, self.shard
         record = {
             "key": sample_key(shard, position),
             "index": shard * settings.shard_size + position,
@@ -146,7 +203,8 @@ class ShardRenderer:
         }
         return sample_members(record, pixels, mask, settings.jpeg_quality, z if settings.save_latents else None)
 
-    def _budget_message(self, shard: int, count: int, kept: int, used: int, rejected: dict[str, int]) -> str:
+    def _budget_message(self) -> str:
+        shard, count, kept, used, rejected = self.shard, self.count, self.kept, self.used, self.rejected
         worst = max(rejected, key=rejected.get) if rejected and max(rejected.values()) > 0 else None
         counts = ", ".join(f"{name} filter {value}" for name, value in rejected.items())
         advice = (f"the {worst} filter rejected the most; check the direction (dvc repro discover) or "

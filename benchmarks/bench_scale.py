@@ -1,0 +1,192 @@
+"""Generation at scale: the generator's own speed against gen-synth's, side by side in one run.
+
+    python benchmarks/bench_scale.py                         # CPU: the house generator
+    python benchmarks/bench_scale.py --quick                 # the same, tiny (a smoke test)
+    python benchmarks/bench_scale.py --device cuda --generator standin --generator house \\
+        --n 10000 --shard-size 1000 --batch-size 95 --workers 12 --trainer   # a GPU: a few minutes
+
+For each generator, rows measured one after the other:
+  forward      G(z) and G(z + h) for a batch, nothing else (on CPU with one torch thread, as the
+               gen-synth paths use): candidates/s, the ceiling of everything below
+  single       gen-synth with everything in one process (--workers 1): today's path on a GPU
+  pipeline     gen-synth with G in this process and --workers processes post-processing
+  processes    (CPU only) gen-synth with whole shards in --workers processes
+Each gen-synth row gives candidates/s (what G renders), kept samples/s, and the ratio of its
+candidates/s to the forward row's; its time includes starting worker processes (a second or
+two), so small --n understates the pipeline's sustained rate.  The `standin` generator is benchmarks/bigbigan_standin.py,
+BigGAN's 128 x 128 generator with random weights (BigBiGAN's cost); its direction's sign is
+chosen so about a quarter of the pixels move, and it runs with a generous candidate budget.
+
+--trainer adds, on the last generator's shards: the loader's own ceiling (decoded pairs/s with no
+model) and the paper's U-Net step (batch 95, width 64, 128 x 128, bf16 autocast on a GPU) in
+steps/s, with the 12,000-step schedule's time extrapolated from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from generator.direction import Direction, load_direction, save_direction  # noqa: E402
+from generator.registry import build_generator  # noqa: E402
+from generator.synth.main import synthesize  # noqa: E402
+from generator.synth.masks import synthesize_masks  # noqa: E402
+from generator.synth.settings import SynthSettings  # noqa: E402
+
+SPECS = {
+    "house": {"name": "house"},
+    "standin": {"name": "python:benchmarks.bigbigan_standin:build_standin"},
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_rate(generator, shift: torch.Tensor, batch: int, seconds: float) -> float:
+    """Candidates per second of G(z) and G(z + h) alone (one warm-up batch first)."""
+    z = torch.randn(batch, generator.latent_dim, generator=torch.Generator().manual_seed(0)).to(generator.device)
+    done, start = -1, 0.0
+    with torch.inference_mode():
+        while done < 0 or time.perf_counter() - start < seconds:
+            generator.generate(z)
+            generator.generate(z + shift)
+            synchronize(generator.device)
+            if done < 0:
+                start = time.perf_counter()
+            done += 1
+    return done * batch / (time.perf_counter() - start)
+
+
+def chosen_shift(generator, magnitude: float) -> torch.Tensor:
+    """A seeded random direction, its sign chosen so the mask covers nearer a quarter of the image."""
+    vector = torch.randn(generator.latent_dim, generator=torch.Generator().manual_seed(1))
+    shift = magnitude * vector / vector.norm()
+    z = torch.randn(8, generator.latent_dim, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        base = generator.generate(z.to(generator.device))
+        fraction = {sign: synthesize_masks(base, generator.generate((z + sign * shift).to(generator.device)))
+                    .float().mean().item() for sign in (1, -1)}
+    sign = min(fraction, key=lambda s: abs(fraction[s] - 0.25))
+    return sign * shift
+
+
+def end_to_end(spec, generator, direction: Path, output: Path, distributor: str, workers: int,
+               args) -> tuple[float, float]:
+    """gen-synth's (candidates/s, samples/s) over a fresh run into `output`."""
+    settings = SynthSettings(n=args.n, shard_size=args.shard_size, batch_size=args.batch_size, sampler="gaussian",
+                             workers=workers, device=args.device, distributor=distributor, resume=False,
+                             output=str(output), direction=str(direction), max_candidates_per_sample=200)
+    with contextlib.redirect_stderr(io.StringIO()):
+        summary = synthesize(settings, spec, overwrite=True, generator=generator, echo=lambda *a, **k: None)
+    totals = summary.manifest["totals"]
+    return totals["candidates"] / summary.seconds, totals["samples"] / summary.seconds
+
+
+def bench_generator(name: str, args, folder: Path) -> list[tuple]:
+    spec = SPECS[name]
+    device = torch.device(args.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    generator = build_generator(spec).to(device)
+    direction = folder / f"{name}-direction.json"
+    if name == "house" and Path(args.house_direction).is_file():
+        direction = Path(args.house_direction)           # the pipeline's: its real acceptance rate
+        shift = load_direction(direction, generator).shift()
+    else:
+        shift = chosen_shift(generator, args.magnitude)
+        save_direction(Direction.from_vector(shift.cpu(), generator.identity, method="random", index=0, sign=1,
+                                             chosen_by="params"), direction)
+    forward = forward_rate(generator, shift.to(device), args.batch_size, args.seconds)
+    torch.set_num_threads(threads)
+    rows = [(name, "forward", 1, forward, None)]
+    paths = [("single", "multiprocessing", 1), ("pipeline", "pipeline", args.workers)]
+    if device.type == "cpu":
+        paths.append(("processes", "multiprocessing", args.workers))
+    for label, distributor, workers in paths:
+        candidates, samples = end_to_end(spec, generator, direction, folder / f"{name}-{label}", distributor,
+                                         workers, args)
+        rows.append((name, label, workers, candidates, samples))
+    return rows
+
+
+def bench_trainer(shards: Path, args) -> list[tuple[str, str]]:
+    """The loader's ceiling on `shards`, and the paper U-Net's step rate (both as the trainer runs them)."""
+    from bench_trainer import loader_rate, step_time   # the trainer's own benchmark's measurements
+    from trainer.unet import UNet
+    urls = [str(p) for p in sorted(shards.glob("synth-*.tar"))]
+    device = torch.device(args.device)
+    rows = []
+    batch, size = args.unet_batch, args.unet_size
+    for workers in sorted({2, args.loader_workers}):
+        rate = loader_rate(urls, workers, batch, args.loader_batches)
+        rows.append((f"loader ceiling, {workers} workers, batch {batch} (no model)", f"{rate:.0f} samples/s"))
+    model = UNet(base_channels=64, depth=4, bilinear=True).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    seconds = step_time(model, batch, size, args.unet_steps, device, bf16=device.type == "cuda")
+    rows.append((f"paper U-Net step (batch {batch}, {size} px, width 64{', bf16' if device.type == 'cuda' else ''})",
+                 f"{1 / seconds:.2f} steps/s, {batch / seconds:.0f} samples/s"))
+    rows.append(("12,000 steps at that rate", f"{12000 * seconds / 60:.1f} min"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--generator", action="append", choices=sorted(SPECS), help="house (default), standin")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n", type=int, default=1000, help="kept samples per gen-synth run")
+    parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2, help="post-processing or shard processes")
+    parser.add_argument("--seconds", type=float, default=10.0, help="time spent on the forward row")
+    parser.add_argument("--magnitude", type=float, default=5.0, help="norm of the random direction")
+    parser.add_argument("--trainer", action="store_true", help="add the loader and U-Net rows")
+    parser.add_argument("--loader-workers", type=int, default=8)
+    parser.add_argument("--loader-batches", type=int, default=30)
+    parser.add_argument("--unet-steps", type=int, default=20)
+    parser.add_argument("--unet-batch", type=int, default=95, help="the paper's batch")
+    parser.add_argument("--unet-size", type=int, default=128, help="the paper's input size")
+    parser.add_argument("--house-direction", default="data/directions/direction.json",
+                        help="the house generator's direction, when present (else a random one)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.shard_size, args.batch_size, args.seconds = 40, 20, 8, 0.5
+        args.loader_workers, args.loader_batches, args.unet_steps = 1, 2, 1
+        args.unet_batch, args.unet_size = 2, 32
+    generators = args.generator or ["house"]
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        print(f"device {args.device}, n {args.n}, shard size {args.shard_size}, batch {args.batch_size}, "
+              f"workers {args.workers}, torch {torch.__version__}")
+        print(f"{'generator':<10} {'path':<10} {'procs':>5} {'candidates/s':>13} {'samples/s':>10} {'of forward':>10}")
+        for name in generators:
+            rows = bench_generator(name, args, folder)
+            forward = rows[0][3]
+            for generator, label, workers, candidates, samples in rows:
+                kept = "" if samples is None else f"{samples:.1f}"
+                print(f"{generator:<10} {label:<10} {workers:>5} {candidates:>13.1f} {kept:>10} "
+                      f"{100 * candidates / forward:>9.0f}%", flush=True)
+        if args.trainer:
+            shards = folder / f"{generators[-1]}-pipeline"
+            for label, value in bench_trainer(shards, args):
+                print(f"{label:<55} {value}", flush=True)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

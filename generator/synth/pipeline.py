@@ -1,0 +1,165 @@
+"""The pipeline distributor: the generator renders in this process while worker processes post-process.
+
+On a GPU the generator is the expensive part and post-processing (filters, JPEG and PNG
+encoding, tar writes) is CPU work: doing both in one process leaves the GPU idle half the time.
+Here this process only samples latents and renders G(z), G(z + h_bg) and the masks, batch after
+batch; each worker process assembles one shard at a time from the batches it is sent
+(`ShardAssembler`, the same code the single-process path runs), so the bytes are those of any
+other distributor.  The renderer works ahead: up to `AHEAD` batches per worker wait in its
+queue, and a shard's batches past the one that filled it are dropped unread.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+
+import torch
+
+from generator.interface import Generator
+from generator.synth.worker import CandidateBudgetExceeded, RenderJob, ShardAssembler, ShardRenderer
+from generator.synth.writer import ShardStats
+
+#: Batches rendered ahead for each worker: enough to cover a slow batch, few enough to bound memory.
+AHEAD = 2
+
+
+def pipeline_distributor(job: RenderJob, shards: list[tuple[int, int]], workers: int, progress=None,
+                         shard_done=None, generator: Generator | None = None) -> list[ShardStats]:
+    """Render in this process, post-process in `workers` processes; return the shards' stats."""
+    from generator.synth.distributor import WorkerFailed
+    threads = torch.get_num_threads()
+    if job.settings.device == "cpu":
+        torch.set_num_threads(1)            # the same arithmetic as every other distributor
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["generator.synth.worker"])
+    outbox = context.Queue()
+    inboxes = [context.Queue() for _ in range(max(1, min(workers, len(shards))))]
+    processes = [context.Process(target=_postprocess, args=(job, number, inbox, outbox), daemon=True)
+                 for number, inbox in enumerate(inboxes)]
+    for process in processes:
+        process.start()
+    try:
+        renderer = ShardRenderer(job, generator)
+        return _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_done, WorkerFailed)
+    finally:
+        for inbox in inboxes:
+            inbox.put(None)
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        torch.set_num_threads(threads)
+
+
+def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_done, WorkerFailed):
+    settings = job.settings
+    budget = settings.max_candidates_per_sample * settings.shard_size
+    todo = list(reversed(shards))
+    assigned: dict[int, _Shard] = {}             # worker -> the shard it assembles
+    in_flight = [0] * len(inboxes)               # batches sent to a worker and not yet taken
+    totals = [0, 0]                              # kept, considered over the whole run
+    results: list[ShardStats] = []
+    turn = 0
+
+    def handle(message) -> None:
+        kind, number, *values = message
+        if kind == "taken":
+            in_flight[number] -= 1
+        elif kind == "batch":
+            assigned[number].kept += values[0]
+            assigned[number].considered += values[1]
+            totals[0] += values[0]
+            totals[1] += values[1]
+            if progress is not None:
+                progress(*values)
+        elif kind == "done":
+            assigned.pop(number, None)
+            results.append(values[0])
+            if shard_done is not None:
+                shard_done(values[0])
+        elif kind == "budget":
+            raise CandidateBudgetExceeded(values[0])
+        else:
+            raise WorkerFailed(f"post-processing shard {values[0]} failed: {values[1]}")
+
+    while todo or assigned:
+        for number, inbox in enumerate(inboxes):
+            if number not in assigned and todo:
+                index, count = todo.pop()
+                inbox.put(("shard", index, count))
+                assigned[number] = _Shard(index, count)
+        rate = totals[0] / totals[1] if totals[1] else 1.0
+        ready = [number for number, shard in assigned.items()
+                 if in_flight[number] < AHEAD and shard.rendered < budget and shard.wants_more(rate)]
+        if ready:
+            number = ready[turn % len(ready)]
+            turn += 1
+            shard = assigned[number]
+            inboxes[number].put(("batch", renderer.render_batch(shard.index, shard.rendered)))
+            shard.rendered += settings.batch_size
+            in_flight[number] += 1
+            timeout = None
+        else:
+            timeout = 0.2
+        while True:
+            try:
+                message = outbox.get(timeout=timeout) if timeout else outbox.get_nowait()
+            except queue.Empty:
+                break
+            handle(message)
+            timeout = None
+        dead = [number for number, process in enumerate(processes) if process.exitcode is not None]
+        if dead:
+            shards_of = [str(assigned[number].index) for number in dead if number in assigned] or ["unknown"]
+            raise WorkerFailed(f"a worker process died while post-processing shard {', '.join(shards_of)} "
+                               f"(killed: out of memory, or a signal)")
+    return results
+
+
+class _Shard:
+    """What the renderer knows of a shard being assembled: candidates rendered, kept and used so far."""
+
+    def __init__(self, index: int, count: int) -> None:
+        self.index, self.count = index, count
+        self.rendered = self.kept = self.considered = 0
+
+    def wants_more(self, run_rate: float) -> bool:
+        """Whether the batches in flight are not expected to fill the shard (batches past a full
+        shard are rendered for nothing).  The acceptance rate is the shard's own once known."""
+        rate = self.kept / self.considered if self.considered else run_rate
+        return self.kept + (self.rendered - self.considered) * rate < self.count
+
+
+def _postprocess(job: RenderJob, number: int, inbox, outbox) -> None:
+    """A worker: assemble the shard it is given from its batches; drop batches of other shards."""
+    torch.set_num_threads(1)
+    assembler: ShardAssembler | None = None
+    while (message := inbox.get()) is not None:
+        if message[0] == "batch":
+            outbox.put(("taken", number))
+        try:
+            if message[0] == "shard":
+                assembler = ShardAssembler(job, message[1], message[2])
+                continue
+            batch = message[1]
+            if assembler is None or batch.shard != assembler.shard:
+                continue                          # rendered ahead for a shard already full
+            kept, considered = assembler.add(batch)
+            outbox.put(("batch", number, kept, considered))
+            if assembler.full:
+                outbox.put(("done", number, assembler.finish()))
+                assembler = None
+        except CandidateBudgetExceeded as error:
+            assembler.abort()
+            outbox.put(("budget", number, str(error)))
+            assembler = None
+        except Exception as error:
+            shard = message[1] if message[0] == "shard" else batch.shard
+            if assembler is not None:
+                assembler.abort()
+            outbox.put(("error", number, shard, f"{type(error).__name__}: {error}"))
+            assembler = None
+    if assembler is not None:
+        assembler.abort()
