@@ -27,6 +27,7 @@ from typing import Any
 
 from generator.discovery.directions import DIRECTION_TYPES
 from generator.synth.filters import FilterConfig
+from generator.synth.settings import SettingsError, SynthSettings
 
 METHODS = ("latent-discovery", "single-direction")
 LR_SCHEDULES = ("constant", "cosine")
@@ -242,8 +243,6 @@ SYNTHESIS_RULES = ("filters", "sampler", "alpha", "bank")
 
 def synthesis_rules(synth: Mapping[str, Any]) -> dict[str, Any]:
     """The scoring fields taken from the `synth` section, checked as gen-synth checks them."""
-    from generator.synth.settings import SettingsError, SynthSettings
-
     try:
         settings = SynthSettings.from_params(synth)
     except SettingsError as error:

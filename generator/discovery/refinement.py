@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generator.discovery.config import RefineConfig
-from generator.discovery.randomness import frozen, step_rng
-from generator.discovery.single_direction import sobel_magnitude
+from generator.discovery.randomness import frozen
+from generator.discovery.single_direction import draw_step, sobel_magnitude
 from generator.interface import Generator
 from generator.synth.masks import gray
 
@@ -85,14 +85,6 @@ def edge_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return 1 - F.cosine_similarity(edges_before, edges_after, dim=1, eps=1e-6)
 
 
-def draw_step(config: RefineConfig, latent_dim: int, seed: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """z and r of refinement step t: a pure function of (seed, t)."""
-    rng = step_rng(seed, "refine", t)
-    z = torch.randn(config.batch_size, latent_dim, generator=rng)
-    radius = config.radius_mean + config.radius_std * torch.randn(config.batch_size, generator=rng)
-    return z, radius.clamp_min(config.radius_min)
-
-
 def refine_direction(generator: Generator, start: torch.Tensor, config: RefineConfig, seed: int = 0,
                      progress: bool = True) -> torch.Tensor:
     """Optimise the unit direction `start` (signed: its shift lights the object) for `config.steps`
@@ -104,7 +96,7 @@ def refine_direction(generator: Generator, start: torch.Tensor, config: RefineCo
     with frozen(generator):
         for t in tqdm(range(config.steps), desc="refining h_bg", disable=not progress, dynamic_ncols=True,
                       mininterval=0.5):
-            z, radius = (x.to(device) for x in draw_step(config, generator.latent_dim, seed, t))
+            z, radius = (x.to(device) for x in draw_step(config, generator.latent_dim, seed, t, "refine"))
             with torch.no_grad():
                 before = gray(generator.generate(z))
             after = gray(generator.generate(z + radius[:, None] * holder.direction))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.discovery.checkpoint import fingerprint
-from generator.discovery.config import SingleDirectionConfig
+from generator.discovery.config import RefineConfig, SingleDirectionConfig
 from generator.discovery.latent_discovery import DiscoveryResult
 from generator.discovery.loop import require_gradients, run_loop
 from generator.discovery.randomness import frozen, step_rng
@@ -62,9 +62,11 @@ def sobel_magnitude(intensity: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((gradients ** 2).sum(dim=1) + 1e-8)
 
 
-def draw_step(config: SingleDirectionConfig, latent_dim: int, seed: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """z and r of step t: a pure function of (seed, t)."""
-    rng = step_rng(seed, "train", t)
+def draw_step(config: SingleDirectionConfig | RefineConfig, latent_dim: int, seed: int, t: int,
+              stream: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """z and r of step t: a pure function of (seed, stream, t).  Refinement draws the same way from
+    its own stream."""
+    rng = step_rng(seed, stream, t)
     z = torch.randn(config.batch_size, latent_dim, generator=rng)
     radius = config.radius_mean + config.radius_std * torch.randn(config.batch_size, generator=rng)
     return z, radius.clamp_min(config.radius_min)
