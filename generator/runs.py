@@ -150,6 +150,9 @@ class OutputLock:
         self._handle = handle
         return self
 
+    def check(self) -> None:
+        """Nothing to check: the kernel keeps an flock for its holder until it is released."""
+
     def release(self) -> None:
         if self._handle is None:
             return

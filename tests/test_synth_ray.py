@@ -65,6 +65,15 @@ def test_a_ray_run_gives_the_bytes_of_the_multiprocessing_run(project, cluster):
     assert not list((project / "shards").glob(".*.tmp"))
 
 
+def test_a_ray_run_into_a_url_gives_the_same_bytes(project, cluster):
+    from tests.test_synth_url import url_bytes
+    expected = reference(project)
+    write_params(project, **SMALL, distributor="ray")
+    url = f"file://{project}/remote/set"
+    run("--output", url)
+    assert url_bytes(url) == expected
+
+
 def test_a_worker_killed_mid_shard_is_retried_and_the_bytes_are_the_same(project, cluster):
     expected = reference(project, batch_size=1)
     write_params(project, **SMALL | {"batch_size": 1}, distributor="ray", retries=2)

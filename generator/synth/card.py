@@ -13,13 +13,12 @@ The licence is the owner's call: the card says `license: unknown` (an identifier
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
 from typing import Any
 
 import yaml
 
-from generator.files import atomic_write_bytes
-from generator.synth.writer import file_sha256
+from generator.synth.store import open_output
 
 CARD_NAME = "README.md"
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -154,24 +153,26 @@ def _describe_filter(settings: dict[str, Any]) -> str:
     return f"({details})"
 
 
-def write_card(folder: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the card atomically; return the manifest's entry for it (name, bytes, sha256)."""
-    path = Path(folder) / CARD_NAME
-    atomic_write_bytes(path, render_card(manifest).encode())
-    return {"name": CARD_NAME, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+def write_card(folder, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the card atomically into a folder (a path, a URL or an open store); return the
+    manifest's entry for it (name, bytes, sha256)."""
+    data = render_card(manifest).encode()
+    open_output(folder).write_bytes(CARD_NAME, data)
+    return {"name": CARD_NAME, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def check_card(folder: str | Path, manifest: dict[str, Any]) -> list[str]:
+def check_card(folder, manifest: dict[str, Any]) -> list[str]:
     """Problems with the card a manifest lists (none for a set made before cards existed)."""
     entry = manifest.get("card")
     if entry is None:
         return []
-    path = Path(folder) / CARD_NAME
     if entry.get("name") != CARD_NAME:
         return [f"manifest lists a dataset card named {entry.get('name')!r}, expected {CARD_NAME}"]
-    if not path.is_file():
-        return [f"{path.name} (the dataset card) is missing"]
-    if path.stat().st_size != entry.get("bytes") or file_sha256(path) != entry.get("sha256"):
-        return [f"{path.name} (the dataset card) does not match its sha256 in the manifest: it was changed "
+    try:
+        data = open_output(folder).read_bytes(CARD_NAME)
+    except (FileNotFoundError, IsADirectoryError):
+        return [f"{CARD_NAME} (the dataset card) is missing"]
+    if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        return [f"{CARD_NAME} (the dataset card) does not match its sha256 in the manifest: it was changed "
                 f"after gen-synth wrote it (filling the licence counts: edit it in the copy you publish)"]
     return []

@@ -19,6 +19,7 @@ generator fails to build) stops the run with that error's message.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -94,8 +95,16 @@ _start_error: str | None = None
 _events = None
 
 
-def _init_worker(job: RenderJob, events) -> None:
+def adopt_environment(environment: dict[str, str]) -> None:
+    """Take the driver's environment in a worker: the fork server keeps the one it started with,
+    and a run's may differ since (credentials and endpoints for a URL output, for instance)."""
+    os.environ.clear()
+    os.environ.update(environment)
+
+
+def _init_worker(job: RenderJob, events, environment: dict[str, str]) -> None:
     global _renderer, _start_error, _events
+    adopt_environment(environment)
     torch.set_num_threads(1)
     _events = events
     try:
@@ -105,7 +114,6 @@ def _init_worker(job: RenderJob, events) -> None:
 
 
 def _render_in_worker(index: int, count: int) -> ShardStats:
-    import os
     if _start_error is not None:
         raise WorkerFailed(f"a worker process could not start: {_start_error}")
     _events.put(("started", os.getpid(), index))
@@ -120,7 +128,8 @@ def _run_in_pool(job, shards, workers, progress, shard_done) -> list[ShardStats]
     # The fork server imports torch once; workers fork from it before any thread pool runs.
     context.set_forkserver_preload(["generator.synth.worker"])
     events = context.Queue()
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job, events))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(job, events, dict(os.environ)))
     shard_of = {pool.submit(_render_in_worker, index, count): index for index, count in shards}
     rendering: dict[int, int] = {}     # worker pid -> the shard it last started
     results: list[ShardStats] = []

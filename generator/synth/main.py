@@ -31,7 +31,8 @@ from generator.synth.samplers import LatentBankError, load_latent_bank, resolve_
 from generator.synth.ray_distributor import RayNotInstalled
 from generator.synth.settings import DISTRIBUTORS, SAMPLERS, SynthSettings
 from generator.synth.worker import CandidateBudgetExceeded, RenderJob
-from generator.synth.writer import ShardStats, stats_name, write_json_atomic
+from generator.synth.store import StoreError, is_url, open_output
+from generator.synth.writer import ShardStats, stats_bytes, stats_name
 
 
 def resolve_bank(settings: SynthSettings, generator: Generator, bank_given: bool) -> Path | None:
@@ -131,22 +132,22 @@ def synthesize(settings: SynthSettings, spec: dict[str, Any], *, bank_given: boo
 
     description = describe_run(settings, generator, spec, direction, bank_path, bank)
     record, digest = run_record(description), config_digest(description)
-    folder = Path(settings.output)
     try:
+        folder = open_output(settings.output)
         lock, created = output_folder.lock_folder(folder)
-    except (output_folder.FolderError, FolderLocked) as error:
+    except (StoreError, output_folder.FolderError, FolderLocked) as error:
         raise click.ClickException(str(error)) from error
     try:
         return _synthesize_locked(settings, spec, generator, direction, bank_path, bank, description, record,
-                                  digest, folder, overwrite, replace_finished, echo)
+                                  digest, folder, lock, overwrite, replace_finished, echo)
     finally:
         lock.release()
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()                       # a run that made nothing leaves no empty folder
+        if created:
+            folder.remove_if_empty()             # a run that made nothing leaves no empty folder
 
 
 def _synthesize_locked(settings, spec, generator, direction, bank_path, bank, description, record, digest,
-                       folder, overwrite, replace_finished, echo) -> RunSummary:
+                       folder, lock, overwrite, replace_finished, echo) -> RunSummary:
     plan = settings.shard_plan()
     try:
         output_folder.prepare(folder, settings.resume, overwrite)
@@ -156,18 +157,18 @@ def _synthesize_locked(settings, spec, generator, direction, bank_path, bank, de
         raise click.ClickException(str(error)) from error
     todo = [(index, count) for index, count in plan if index not in done]
     if todo:
-        (folder / MANIFEST_NAME).unlink(missing_ok=True)   # the manifest marks a complete set only
-    echo(f"gen-synth: {settings.n} samples in {len(plan)} shards of up to {settings.shard_size} -> {folder} "
+        folder.remove(MANIFEST_NAME)                       # the manifest marks a complete set only
+    echo(f"gen-synth: {settings.n} samples in {len(plan)} shards of up to {settings.shard_size} -> {folder.location} "
          f"({len(done)} already complete) with {generator.identity}, direction {direction.digest} "
          f"({direction.method}, chosen {direction.chosen_by}), sampler {settings.sampler}"
          + (f" alpha {settings.alpha} over {bank.shape[0]} latents" if bank is not None else ""), err=True)
 
     job = RenderJob(settings=settings, generator_spec=spec, generator_identity=generator.identity,
                     shift=tuple(direction.shift().tolist()), bank_path=None if bank_path is None else str(bank_path),
-                    output=str(folder), config_digest=digest, record=record)
+                    output=folder.location, config_digest=digest, record=record)
 
     def commit(stats: ShardStats) -> None:
-        write_json_atomic(folder / stats_name(stats.shard), stats.to_json())   # marks the shard complete
+        folder.write_bytes(stats_name(stats.shard), stats_bytes(stats))   # marks the shard complete
 
     progress = SynthProgress(settings.n, sum(stats.samples for stats in done.values()))
     start = time.perf_counter()
@@ -180,7 +181,8 @@ def _synthesize_locked(settings, spec, generator, direction, bank_path, bank, de
         progress.close(progress.bar.n)
         output_folder.remove_temporary(folder)        # finished shards stay: a rerun goes on from them
         advice = " (with a larger --max-candidates-per-sample)" if isinstance(error, CandidateBudgetExceeded) else ""
-        raise click.ClickException(f"{error}; the {len(done) + _finished_now(folder, todo)} finished shard(s) "
+        finished = len(done) + output_folder.finished_among(folder, [index for index, _ in todo])
+        raise click.ClickException(f"{error}; the {finished} finished shard(s) "
                                    f"are kept, and a rerun{advice} goes on from them") from error
     except BaseException:
         progress.close(progress.bar.n)
@@ -189,15 +191,15 @@ def _synthesize_locked(settings, spec, generator, direction, bank_path, bank, de
     progress.close(settings.n)
     elapsed = time.perf_counter() - start
 
+    try:
+        lock.check()                                   # no manifest over a set another run took over
+    except FolderLocked as error:
+        raise click.ClickException(str(error)) from error
     manifest = build_manifest(description, [*done.values(), *made])
     manifest["card"] = write_card(folder, manifest)     # before the manifest, which lists its checksum
     write_manifest(folder, manifest)
     _report(manifest, made, elapsed, echo)
     return RunSummary(manifest, made, elapsed)
-
-
-def _finished_now(folder: Path, todo: list[tuple[int, int]]) -> int:
-    return sum((folder / stats_name(index)).is_file() for index, _ in todo)
 
 
 def _report(manifest: dict[str, Any], made: list[ShardStats], elapsed: float, echo) -> None:
@@ -215,6 +217,12 @@ def _report(manifest: dict[str, Any], made: list[ShardStats], elapsed: float, ec
              f"{100 * seconds['postprocess_s'] / busy:.0f}%, latents {100 * seconds['sample_s'] / busy:.0f}%")
 
 
+def _output_location(ctx, param, value):
+    if value is not None and not is_url(value) and Path(value).exists() and not Path(value).is_dir():
+        raise click.BadParameter(f"{value} is a file, not a folder")
+    return value
+
+
 def _finite(ctx, param, value):
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"must be a finite number, got {value}")
@@ -230,8 +238,10 @@ def _finite(ctx, param, value):
 @click.option("--alpha", type=click.FloatRange(min=0), default=None, callback=_finite,
               help="Noise scale of encoder-neighbourhood sampling z = E(I_i) + alpha * xi; 0 uses the bank's "
                    "latents as they are. [params: synth.alpha]")
-@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
-              help="Output folder for synth-NNNNNN.tar shards and manifest.json. [params: synth.output]")
+@click.option("--output", "-o", default=None, callback=_output_location,
+              help="Output folder for synth-NNNNNN.tar shards and manifest.json: a path, or any fsspec URL "
+                   "(s3://bucket/set, gs://..., with that protocol's package installed, e.g. s3fs). "
+                   "[params: synth.output]")
 @click.option("--generator", "generator_name", default=None,
               help="Generator to use instead of params' `generator` section: a built-in name or "
                    "python:package.module:factory.")

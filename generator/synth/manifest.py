@@ -29,7 +29,8 @@ from typing import Any
 
 from generator.interface import digest_bytes
 from generator.runs import record_digest
-from generator.synth.writer import ShardStats, write_json_atomic
+from generator.synth.store import open_output
+from generator.synth.writer import ShardStats
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -98,24 +99,32 @@ def build_manifest(description: dict[str, Any], shards: list[ShardStats]) -> dic
     }
 
 
-def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
-    path = Path(folder) / MANIFEST_NAME
-    write_json_atomic(path, manifest)
-    return path
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The manifest file's bytes: indented JSON with sorted keys and a final newline."""
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a shard folder; ManifestError when missing or malformed."""
-    path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
-        raise ManifestError(f"{path} not found: not a finished gen-synth output folder")
+def write_manifest(folder, manifest: dict[str, Any]) -> str:
+    """Write the manifest into a folder (a path, a URL or an open store); return where it went."""
+    store = open_output(folder)
+    store.write_bytes(MANIFEST_NAME, manifest_bytes(manifest))
+    return store.where(MANIFEST_NAME)
+
+
+def read_manifest(folder) -> dict[str, Any]:
+    """The manifest of a shard folder (a path, a URL or an open store); ManifestError when missing
+    or malformed."""
+    store = open_output(folder)
+    where = store.where(MANIFEST_NAME)
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(store.read_bytes(MANIFEST_NAME))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise ManifestError(f"{where} not found: not a finished gen-synth output folder") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ManifestError(f"{path} is not valid JSON: {error}") from error
+        raise ManifestError(f"{where} is not valid JSON: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(f"{path} is not a shard manifest of format version {FORMAT_VERSION}")
+        raise ManifestError(f"{where} is not a shard manifest of format version {FORMAT_VERSION}")
     for key in ("shards", "parameters", "totals", "members"):
         if key not in manifest:
-            raise ManifestError(f"{path} has no `{key}` field")
+            raise ManifestError(f"{where} has no `{key}` field")
     return manifest

@@ -12,6 +12,7 @@ queue, and a shard's batches past the one that filled it are dropped unread.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 
 import torch
@@ -35,7 +36,8 @@ def pipeline_distributor(job: RenderJob, shards: list[tuple[int, int]], workers:
     context.set_forkserver_preload(["generator.synth.worker"])
     outbox = context.Queue()
     inboxes = [context.Queue() for _ in range(max(1, min(workers, len(shards))))]
-    processes = [context.Process(target=_postprocess, args=(job, number, inbox, outbox), daemon=True)
+    processes = [context.Process(target=_postprocess, args=(job, number, inbox, outbox, dict(os.environ)),
+                                 daemon=True)
                  for number, inbox in enumerate(inboxes)]
     for process in processes:
         process.start()
@@ -132,8 +134,10 @@ class _Shard:
         return self.kept + (self.rendered - self.considered) * rate < self.count
 
 
-def _postprocess(job: RenderJob, number: int, inbox, outbox) -> None:
+def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[str, str]) -> None:
     """A worker: assemble the shard it is given from its batches; drop batches of other shards."""
+    from generator.synth.distributor import adopt_environment
+    adopt_environment(environment)
     torch.set_num_threads(1)
     assembler: ShardAssembler | None = None
     while (message := inbox.get()) is not None:

@@ -1,8 +1,9 @@
 """The Ray distributor: each shard is a Ray task, so a run spreads over every machine of a cluster.
 
 A shard is a pure function of (settings, index), so where a task runs changes nothing in its
-bytes.  The output folder must be the same path on every machine (a shared file system); each
-shard is still written under a temporary name and renamed when whole, and the driver writes each
+bytes.  The output folder must be the same path on every machine (a shared file system) or a URL
+every machine can reach (s3://..., generator/synth/store.py); each shard is still written under
+a temporary name and put in place when whole, and the driver writes each
 shard's stats file (the marker that makes it count) as its task returns.  A task whose worker
 dies (a killed process, a lost node) or that meets a passing I/O error is rendered again up to
 `synth.retries` times; past that, or on any other error, the run stops with the shard's error.
@@ -14,6 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from generator.interface import Generator
+from generator.synth.store import is_url
 from generator.synth.worker import CandidateBudgetExceeded, RenderJob, ShardRenderer
 from generator.synth.writer import ShardStats
 
@@ -64,8 +66,8 @@ def ray_distributor(job: RenderJob, shards: list[tuple[int, int]], workers: int,
     from generator.synth.distributor import WorkerFailed
     ray = import_ray()
     settings = job.settings
-    # Every machine reads the bank and writes the shards at the same absolute paths.
-    job = dataclasses.replace(job, output=str(Path(job.output).resolve()),
+    # Every machine reads the bank and writes the shards at the same absolute paths (or URL).
+    job = dataclasses.replace(job, output=job.output if is_url(job.output) else str(Path(job.output).resolve()),
                               bank_path=None if job.bank_path is None else str(Path(job.bank_path).resolve()))
     started_here = not ray.is_initialized()
     if started_here:

@@ -8,6 +8,7 @@ latents read without pickle), and the counts add up.  Problems are listed, and t
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -26,7 +27,7 @@ from generator.params import load_params
 from generator.synth.card import check_card
 from generator.synth.manifest import ManifestError, read_manifest
 from generator.synth.settings import SynthSettings
-from generator.synth.writer import file_sha256
+from generator.synth.store import StoreError, open_output
 
 KEY_PATTERN = re.compile(r"^(\d{6})_(\d{6})$")
 
@@ -42,12 +43,14 @@ class VerifyReport:
         return not self.problems
 
 
-def read_samples(path: Path) -> tuple[dict[str, dict[str, bytes]], list[str]]:
-    """Samples of one tar as {key: {extension: bytes}} in file order, and problems met reading it."""
+def read_samples(path: Path | str, fileobj=None) -> tuple[dict[str, dict[str, bytes]], list[str]]:
+    """Samples of one tar (a path, or an open binary file named `path`) as {key: {extension:
+    bytes}} in file order, and problems met reading it."""
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
     problems = []
+    path = Path(str(path))
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with tarfile.open(None if fileobj is not None else path, mode="r:", fileobj=fileobj) as tar:
             for member in tar:
                 if not member.isfile():
                     problems.append(f"{path.name}: member {member.name!r} is not a regular file")
@@ -118,9 +121,14 @@ def check_sample(shard: str, key: str, members: dict[str, bytes], manifest: dict
 
 
 def verify_folder(folder: str | Path, decode: bool = True, progress: bool = False) -> VerifyReport:
-    """Check a shard folder against its manifest; the report lists every problem found."""
-    folder = Path(folder)
+    """Check a shard folder (a path or an fsspec URL) against its manifest; the report lists every
+    problem found."""
     report = VerifyReport()
+    try:
+        folder = open_output(folder)
+    except StoreError as error:
+        report.problems.append(str(error))
+        return report
     try:
         manifest = read_manifest(folder)
     except ManifestError as error:
@@ -128,21 +136,24 @@ def verify_folder(folder: str | Path, decode: bool = True, progress: bool = Fals
         return report
     rows = manifest["shards"]
     listed = {row["name"] for row in rows}
-    for extra in sorted(path.name for path in folder.glob("*.tar") if path.name not in listed):
+    listing = folder.listing()
+    for extra in sorted(name for name, size in listing.items()
+                        if name.endswith(".tar") and size is not None and name not in listed):
         report.problems.append(f"{extra} is not listed in the manifest")
     for row in tqdm(rows, desc="synth-verify", unit="shard", disable=not progress):
-        path = folder / row["name"]
         report.shards += 1
-        if not path.is_file():
+        size = listing.get(row["name"])
+        if size is None:
             report.problems.append(f"{row['name']} is missing")
             continue
-        size = path.stat().st_size
+        # One read of the shard serves the checksum and the samples (it may come over a network).
+        data = folder.read_bytes(row["name"])
         if size != row["bytes"]:
             report.problems.append(f"{row['name']} has {size} bytes, the manifest says {row['bytes']} "
                                    f"(truncated or changed)")
-        elif file_sha256(path) != row["sha256"]:
+        elif hashlib.sha256(data).hexdigest() != row["sha256"]:
             report.problems.append(f"{row['name']} does not match its sha256 in the manifest (changed or corrupt)")
-        samples, problems = read_samples(path)
+        samples, problems = read_samples(row["name"], io.BytesIO(data))
         report.problems.extend(problems)
         if len(samples) != row["samples"]:
             report.problems.append(f"{row['name']} holds {len(samples)} samples, the manifest says {row['samples']}")
@@ -176,13 +187,14 @@ def default_folder(params_path: str) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("folder", type=click.Path(file_okay=False), required=False)
+@click.argument("folder", required=False)
 @click.option("--params", "params_path", type=click.Path(dir_okay=False), default="params.yaml",
               show_default=True, help="Parameters file whose synth.output is the default FOLDER.")
 @click.option("--no-decode", is_flag=True,
               help="Only check files, sizes, checksums and counts; do not decode every member.")
 def main(folder: str | None, params_path: str, no_decode: bool) -> None:
-    """Check the shard set in FOLDER (default: synth.output of params.yaml) against its manifest.json.
+    """Check the shard set in FOLDER (a path or an fsspec URL such as s3://bucket/set; default:
+    synth.output of params.yaml) against its manifest.json.
 
     Exits with status 1 and lists every problem (missing, truncated or changed shards, members
     that do not decode, counts that do not add up); prints one OK line otherwise.

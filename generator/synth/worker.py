@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from generator.synth.filters import REJECTING_FILTERS, apply_filters
 from generator.synth.masks import synthesize_masks
 from generator.synth.samplers import GaussianSampler, NeighbourhoodSampler, load_latent_bank
 from generator.synth.settings import SynthSettings
+from generator.synth.store import open_output
 from generator.synth.writer import (
     ShardStats, ShardWriter, encode_jpeg, encode_json, encode_mask_png, encode_npy, sample_key, shard_name)
 
@@ -132,8 +132,8 @@ class ShardAssembler:
         self.rejected = {name: 0 for name in self.settings.filters.order if name in REJECTING_FILTERS}
         self.timing = {"sample_s": 0.0, "generate_s": 0.0, "postprocess_s": 0.0}
         self.kept = self.used = self.empty = 0
-        self.path = Path(job.output) / shard_name(shard)
-        self.writer = ShardWriter(self.path)
+        self.name = shard_name(shard)
+        self.writer = ShardWriter(self.name, store=open_output(job.output))
 
     @property
     def full(self) -> bool:
@@ -172,7 +172,7 @@ class ShardAssembler:
         start = time.perf_counter()
         size, digest = self.writer.close()
         self.timing["postprocess_s"] += time.perf_counter() - start
-        return ShardStats(shard=self.shard, name=self.path.name, samples=self.kept, candidates=self.used,
+        return ShardStats(shard=self.shard, name=self.name, samples=self.kept, candidates=self.used,
                           rejected_by=self.rejected, bytes=size, sha256=digest, empty_masks=self.empty,
                           config_digest=self.job.config_digest, record=self.job.record, timing=self.timing)
 

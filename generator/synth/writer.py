@@ -3,8 +3,8 @@
 The same samples always give the same bytes: JPEG with a fixed quality and no optimisation
 pass, PNG at a fixed compression level, JSON with sorted keys, and tar members with a fixed
 mtime, owner and mode.  A shard is written under a unique hidden temporary name
-(generator/files.py) and renamed only when complete, so a file named `synth-000003.tar` is always
-a whole shard.
+(generator/files.py) and renamed only when complete (uploaded whole, for a URL folder), so a file
+named `synth-000003.tar` is always a whole shard.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from generator.files import TEMPORARY_SUFFIX, atomic_write_bytes, temporary_beside
+from generator.files import TEMPORARY_SUFFIX
+from generator.synth.store import LocalFolder
 
 SHARD_PREFIX = "synth"
 STATS_SUFFIX = ".stats.json"
@@ -68,9 +69,9 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
-    """JSON file (sorted keys) under a unique temporary name, then renamed."""
-    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+def stats_bytes(stats: "ShardStats") -> bytes:
+    """A shard's stats file: the JSON whose presence marks the shard complete."""
+    return (json.dumps(stats.to_json(), indent=2, sort_keys=True) + "\n").encode()
 
 
 def file_sha256(path: Path) -> str:
@@ -113,14 +114,19 @@ class ShardStats:
 
 
 class ShardWriter:
-    """Writes one tar shard: members added in order, renamed into place on `close`.
+    """Writes one tar shard: members added in order, put in place on `close`.
 
-    Use as a context manager; leaving the block by an exception removes the temporary file.
+    `path` is the shard's file, or with `store` (generator/synth/store.py) its name in that
+    folder, which may be a URL: the tar is then written to a local staging file and uploaded
+    whole.  Use as a context manager; leaving the block by an exception removes the staging file.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.tmp = temporary_beside(self.path)
+    def __init__(self, path: str | Path, store=None) -> None:
+        if store is None:
+            path = Path(path)
+            store, path = LocalFolder(path.parent), path.name
+        self.store, self.name = store, str(path)
+        self.tmp = store.staging(self.name)
         self._tar = tarfile.open(self.tmp, mode="w", format=tarfile.USTAR_FORMAT)
 
     def add(self, name: str, data: bytes) -> None:
@@ -138,12 +144,12 @@ class ShardWriter:
             self.add(f"{key}.{extension}", data)
 
     def close(self) -> tuple[int, str]:
-        """Finish the tar, rename it into place; return its byte size and sha256."""
+        """Finish the tar, put it under its final name; return its byte size and sha256."""
         self._tar.close()
         with open(self.tmp, "rb+") as f:
             os.fsync(f.fileno())
         size, digest = self.tmp.stat().st_size, file_sha256(self.tmp)
-        os.replace(self.tmp, self.path)
+        self.store.publish(self.tmp, self.name)
         return size, digest
 
     def abort(self) -> None:
