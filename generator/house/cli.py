@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -104,13 +105,17 @@ def main(data, out, export_to, arch, steps, encoder_steps, minutes, encoder_shar
         compile=compile_, checkpoint_every=checkpoint_every, export_every=export_every, log_every=log_every,
         calibration_images=calibration_images, bank=not no_bank)
     bars: dict[str, tqdm] = {}
+    started = time.monotonic()
 
     def progress(done: int, total: int, phase: str, losses: dict) -> None:
         if phase not in bars:
             bars[phase] = tqdm(total=total, initial=done - 1, desc=phase, unit="step", dynamic_ncols=True)
         bar = bars[phase]
         bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        shown = {k: f"{v:.3f}" for k, v in losses.items()}
+        if minutes:               # with a time budget the step count is only a ceiling: show the time left
+            shown["budget_left"] = f"{max(0.0, minutes - (time.monotonic() - started) / 60):.1f}min"
+        bar.set_postfix(shown, refresh=False)
 
     try:
         weights = train(settings, resume=Path(resume) if resume else None, progress=progress)
