@@ -20,6 +20,7 @@ from generator.house.architectures import architecture_of, build_networks, make_
 from generator.house.cli import main as train_house_gan
 from generator.house.cli import pack_main
 from generator.house.model import HouseConfig
+from generator.house.ship import main as ship_house_gan
 from generator.house.model_v2 import HouseV2Config
 from generator.house.pack import PackError, evenly_spaced, load_pack, pack_photos, read_pack_index
 from generator.house.training import TrainSettings, load_checkpoint, save_weights, train
@@ -338,6 +339,50 @@ def test_embed_images_encodes_at_128_with_v2_weights(gpu_run_output, tmp_path):
     with torch.no_grad():
         expected = house.encode(load_square(photos / "x1.jpg", 128))
     np.testing.assert_allclose(bank[1], expected[0].numpy(), atol=1e-4)
+
+
+def test_ship_makes_a_run_the_package_generator_with_its_bank_and_record(gpu_run_output, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(_smooth_photo(140, 170, i)).save(photos / f"x{i}.jpg")
+    (photos / "broken.jpg").write_bytes(b"not a photo")
+    into = tmp_path / "package"
+    into.mkdir()
+    (into / "MODEL_CARD.md").write_text("# House\n\nHand-written architecture notes.\n")
+    result = CliRunner().invoke(ship_house_gan, [str(gpu_run_output), "--photos", str(photos), "--into", str(into)])
+    assert result.exit_code == 0, result.output
+    house = build_generator({"name": "house", "weights": str(into / "house_gan.pt")})
+    assert house.identity == f"house@{digest_file(gpu_run_output / 'house_gan.pt')}"
+    assert house.bundled_latent_bank == into / "latent_bank.npy"       # its index names these weights
+    bank = np.load(into / "latent_bank.npy", allow_pickle=False)
+    assert bank.shape == (3, 8)
+    with torch.no_grad():
+        expected = house.encode(load_square(photos / "x1.jpg", 128))
+    np.testing.assert_allclose(bank[1], expected[0].numpy(), atol=1e-4)
+    card = (into / "MODEL_CARD.md").read_text()
+    assert card.startswith("# House\n\nHand-written") and "| GAN steps / encoder steps | 3 / 2 at batch 4" in card
+    record = json.loads((into / "TRAINING_RECORD.json").read_text())
+    assert record["bank"] == {"count": 3, "skipped": 1, "photos": str(photos)} and record["timing"]["photos"] == 6
+    # shipping again replaces the record section instead of adding a second one
+    assert CliRunner().invoke(ship_house_gan, [str(gpu_run_output), "--photos", str(photos),
+                                               "--into", str(into)]).exit_code == 0
+    assert (into / "MODEL_CARD.md").read_text().count("## Training record") == 1
+
+
+def test_ship_refuses_an_unfinished_run_and_a_budget_overrun_leaving_the_package_alone(gpu_run_output, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_smooth_photo(140, 170, 0)).save(photos / "x0.jpg")
+    into = tmp_path / "package"
+    result = CliRunner().invoke(ship_house_gan, [str(gpu_run_output), "--photos", str(photos), "--into", str(into),
+                                                 "--max-mib", "0.01"])
+    assert result.exit_code == 1 and "over --max-mib 0.01" in result.output and not into.exists()
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "house_gan.pt").write_bytes((gpu_run_output / "house_gan.pt").read_bytes())
+    result = CliRunner().invoke(ship_house_gan, [str(partial), "--photos", str(photos), "--into", str(into)])
+    assert result.exit_code == 1 and "samples.png" in result.output and "missing" in result.output
 
 
 def test_gpu_run_tries_plain_settings_after_a_failure_and_reports_both(tmp_path, tiny_pack):
