@@ -93,16 +93,16 @@ def test_a_live_lease_refuses_a_second_run_naming_its_holder(tmp_path):
 def test_a_lease_is_renewed_while_held_and_lapses_when_its_holder_dies(tmp_path):
     folder = open_output(f"file://{tmp_path}/set")
     folder.create()
-    held = LeaseLock(folder, lease_seconds=0.6, settle_seconds=0).acquire()
-    time.sleep(1.5)                                      # past the lease: only renewal keeps it
+    lease = 2.0                                          # renewed every 0.67 s: 1.3 s of slack on a busy machine
+    held = LeaseLock(folder, lease_seconds=lease, settle_seconds=0).acquire()
+    time.sleep(1.5 * lease)                              # past the lease: only renewal keeps it
     with pytest.raises(FolderLocked, match="in use by another run"):
-        LeaseLock(folder, lease_seconds=0.6, settle_seconds=0).acquire()
+        LeaseLock(folder, lease_seconds=lease, settle_seconds=0).acquire()
     held._stop.set()                                     # the holder stops renewing, as a killed run does
     held._renewer.join()
-    time.sleep(1.0)
-    taker = LeaseLock(folder, lease_seconds=0.6, settle_seconds=0).acquire()
+    time.sleep(1.25 * lease)
+    taker = LeaseLock(folder, lease_seconds=lease, settle_seconds=0).acquire()
     assert json.loads(folder.read_bytes(LOCK_NAME))["owner"] == taker.owner
-    time.sleep(0.5)
     with pytest.raises(FolderLocked, match="lease lapsed"):
         held.check()                                     # the first holder learns it lost the folder
     taker.check()
