@@ -21,7 +21,6 @@ ship leaves the old weights in place and a bank that names the new ones, which i
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -135,9 +134,7 @@ def ship(run: Path, photos: Path, into: Path, max_mib: float, batch_size: int = 
     card = into / CARD_NAME
     atomic_write_bytes(card, card_with_record(card.read_text() if card.is_file() else "# House generator\n",
                                               record_markdown(record)).encode())
-    temporary = into / f".{WEIGHTS_NAME}.shipping"
-    shutil.copyfile(run / WEIGHTS_NAME, temporary)
-    temporary.replace(into / WEIGHTS_NAME)            # last: until now the old weights stay in use
+    atomic_write_bytes(into / WEIGHTS_NAME, (run / WEIGHTS_NAME).read_bytes())   # last: the old weights serve till now
     return record
 
 

@@ -15,10 +15,8 @@ import re
 from generator.runs import LOCK_NAME, may_resume
 from generator.synth.card import CARD_NAME
 from generator.synth.manifest import MANIFEST_NAME
-from generator.synth.store import LocalFolder, StoreError, UrlFolder
+from generator.synth.store import Store, StoreError
 from generator.synth.writer import STATS_SUFFIX, TEMP_SUFFIX, ShardStats, shard_name, stats_name
-
-Store = LocalFolder | UrlFolder
 
 # Final names, and the unique hidden temporary names of generator/files.py (`.NAME.XXXX.tmp`).
 _OURS = re.compile(r"^\.?(synth-\d{6}\.tar|synth-\d{6}" + re.escape(STATS_SUFFIX) + "|"
@@ -125,7 +123,7 @@ def complete_shards(store: Store, plan: list[tuple[int, int]], record: dict, dig
                 remove_ours(store)
                 return {}
     planned = dict(plan)
-    extra = sorted(name for name in listing if _TAR.fullmatch(name) and int(_TAR.fullmatch(name).group(1)) not in planned)
+    extra = sorted(name for name in listing if (match := _TAR.fullmatch(name)) and int(match.group(1)) not in planned)
     if extra:
         if not (finished and replace_finished):
             raise FolderError(f"{store.location} holds shards this run does not plan ({', '.join(extra[:3])}: a "

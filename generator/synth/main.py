@@ -32,7 +32,7 @@ from generator.synth.ray_distributor import RayNotInstalled
 from generator.synth.settings import DISTRIBUTORS, SAMPLERS, SynthSettings
 from generator.synth.worker import CandidateBudgetExceeded, RenderJob
 from generator.synth.store import StoreError, is_url, open_output
-from generator.synth.writer import ShardStats, stats_bytes, stats_name
+from generator.synth.writer import ShardStats, json_file_bytes, stats_name
 
 
 def resolve_bank(settings: SynthSettings, generator: Generator, bank_given: bool) -> Path | None:
@@ -168,7 +168,7 @@ def _synthesize_locked(settings, spec, generator, direction, bank_path, bank, de
                     output=folder.location, config_digest=digest, record=record)
 
     def commit(stats: ShardStats) -> None:
-        folder.write_bytes(stats_name(stats.shard), stats_bytes(stats))   # marks the shard complete
+        folder.write_bytes(stats_name(stats.shard), json_file_bytes(stats.to_json()))   # marks the shard complete
 
     progress = SynthProgress(settings.n, sum(stats.samples for stats in done.values()))
     start = time.perf_counter()

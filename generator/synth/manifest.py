@@ -30,7 +30,7 @@ from typing import Any
 from generator.interface import digest_bytes
 from generator.runs import record_digest
 from generator.synth.store import open_output
-from generator.synth.writer import ShardStats
+from generator.synth.writer import ShardStats, json_file_bytes
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -99,15 +99,10 @@ def build_manifest(description: dict[str, Any], shards: list[ShardStats]) -> dic
     }
 
 
-def manifest_bytes(manifest: dict[str, Any]) -> bytes:
-    """The manifest file's bytes: indented JSON with sorted keys and a final newline."""
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-
-
 def write_manifest(folder, manifest: dict[str, Any]) -> str:
     """Write the manifest into a folder (a path, a URL or an open store); return where it went."""
     store = open_output(folder)
-    store.write_bytes(MANIFEST_NAME, manifest_bytes(manifest))
+    store.write_bytes(MANIFEST_NAME, json_file_bytes(manifest))
     return store.where(MANIFEST_NAME)
 
 

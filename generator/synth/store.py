@@ -47,7 +47,7 @@ def is_url(location: str | Path) -> bool:
     return "://" in str(location)
 
 
-def open_output(location: str | Path, lease_seconds: float = LEASE_SECONDS) -> "LocalFolder | UrlFolder":
+def open_output(location: str | Path, lease_seconds: float = LEASE_SECONDS) -> "Store":
     """The folder `location` names: a local path, or an fsspec URL (`protocol://...`)."""
     if isinstance(location, (LocalFolder, UrlFolder)):
         return location
@@ -215,6 +215,9 @@ class UrlFolder:
         except BaseException:
             self.remove(hidden)
             raise
+
+
+Store = LocalFolder | UrlFolder
 
 
 class LeaseLock:

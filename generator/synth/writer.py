@@ -69,9 +69,9 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def stats_bytes(stats: "ShardStats") -> bytes:
-    """A shard's stats file: the JSON whose presence marks the shard complete."""
-    return (json.dumps(stats.to_json(), indent=2, sort_keys=True) + "\n").encode()
+def json_file_bytes(record: dict[str, Any]) -> bytes:
+    """A JSON file of the set (stats, manifest): indented, sorted keys, a final newline."""
+    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
 
 
 def file_sha256(path: Path) -> str:
