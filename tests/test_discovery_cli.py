@@ -55,7 +55,7 @@ def test_writes_every_output_and_a_direction_bound_to_its_generator(tmp_path):
     scores = json.loads((out / "scores.json").read_text())
     assert scores["generator"] == generator.identity and len(scores["candidates"]) == 6
     assert scores["chosen"] == {"index": direction.index, "sign": direction.sign, "chosen_by": "automatic",
-                                "total": scores["candidates"][0]["total"]}
+                                "method": "latent-discovery", "total": scores["candidates"][0]["total"]}
     assert {"total", "pass_rate", "in_range_rate", "border", "coherence"} <= set(scores["candidates"][0])
     candidates = np.load(out / "candidates.npy", allow_pickle=False)
     assert candidates.shape == (16, 3) and candidates.dtype == np.float32
@@ -108,10 +108,42 @@ def test_single_direction_method_from_the_command_line(tmp_path):
     assert len(json.loads((out / "scores.json").read_text())["candidates"]) == 2
 
 
+def test_both_methods_pool_their_candidates_and_the_choice_names_its_method(tmp_path):
+    out, alone = tmp_path / "directions", tmp_path / "alone"
+    result = invoke("--params", str(write_params(tmp_path)), "--out", str(out), "--method", "both")
+    assert result.exit_code == 0, result.output
+    assert "both: 8 steps" in result.output
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["candidate_methods"] == ["latent-discovery"] * 3 + ["single-direction"]
+    assert len(scores["candidates"]) == 8  # 4 candidates, 2 signs
+    best = max(scores["candidates"], key=lambda c: (c["total"], -c["index"], c["sign"]))
+    direction = load_direction(out / "direction.json")
+    assert (direction.index, direction.sign) == (best["index"], best["sign"])
+    assert direction.method == scores["candidate_methods"][best["index"]] == scores["chosen"]["method"]
+    assert np.load(out / "candidates.npy", allow_pickle=False).shape == (16, 4)
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0].startswith("step,latent-discovery/") and "single-direction/" in history[0]
+    assert len(history) == 1 + 4  # both ran 4 steps
+    # each method's candidates are exactly those it finds alone (same seed, own checkpoint)
+    invoke("--params", str(write_params(tmp_path, checkpoint_dir=str(tmp_path / "c2"))), "--out", str(alone),
+           "--method", "single-direction")
+    pooled = np.load(out / "candidates.npy", allow_pickle=False)
+    np.testing.assert_array_equal(pooled[:, 3:], np.load(alone / "candidates.npy", allow_pickle=False))
+    # an override may name any pooled candidate; --steps is one method's and refused here
+    result = invoke("--params", str(write_params(tmp_path)), "--out", str(out), "--method", "both",
+                    "--index", "3", "--sign", "-1")
+    assert result.exit_code == 0, result.output
+    assert load_direction(out / "direction.json").method == "single-direction"
+    result = CliRunner().invoke(main, ["--params", str(write_params(tmp_path)), "--out", str(out), "--method",
+                                       "both", "--steps", "2", "--quiet"])
+    assert result.exit_code != 0 and "with method both" in result.output
+
+
 @pytest.mark.parametrize("changes, args, message", [
     ({"latent_discovery": {"stepz": 3}}, [], "unknown keys in discover.latent_discovery: stepz"),
     ({"method": "guess"}, [], "discover.method must be one of"),
     ({"override": {"index": 9, "sign": 1}}, [], "override.index 9 is out of range"),
+    ({"method": "both", "override": {"index": 4, "sign": 1}}, [], "there are 4 candidate directions"),
     ({"override": {"index": 1, "sign": 0}}, [], "override.sign must be 1 or -1"),
     ({"magnitude": -1}, [], "discover.magnitude must be a positive number"),
     ({"latent_discovery": {"directions": 20}}, [], "do not fit in a latent space of size 16"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import torch
 
-from generator.discovery.config import METHODS, ConfigError, DiscoverConfig, Override
+from generator.discovery.config import METHODS, POOLED_METHOD, ConfigError, DiscoverConfig, Override
 from generator.discovery.stage import run_stage
 from generator.interface import GeneratorSpecError
 from generator.params import load_params
@@ -20,9 +20,12 @@ from generator.runs import resolve_device
               help="Folder for direction.json, scores.json, contact_sheet.png, candidates.npy, history.csv, "
                    "metrics.json.")
 @click.option("--method", type=click.Choice(METHODS), default=None,
-              help="latent-discovery (K directions and a reconstructor, Voynov & Babenko) or single-direction "
-                   "(one direction darkening the surround, Melas-Kyriazi et al.). Default: discover.method.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps of the chosen method.")
+              help="latent-discovery (K directions and a reconstructor, Voynov & Babenko), single-direction "
+                   "(one direction darkening the surround, Melas-Kyriazi et al.), or both: each runs and all K + 1 "
+                   "candidates are scored together, so the choice picks the better method's. Default: "
+                   "discover.method.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Optimisation steps of the chosen method (not with both: set each method's in the parameters).")
 @click.option("--directions", type=click.IntRange(min=1), default=None,
               help="K, the number of directions latent discovery learns.")
 @click.option("--seed", type=int, default=None, help="Seed of initialisation, training batches and the scoring batch.")
@@ -100,6 +103,9 @@ def apply_options(config: DiscoverConfig, *, method, steps, directions, seed, ma
     if no_checkpoint:
         config = config.with_changes(checkpoint_dir=None)
     if steps is not None:
+        if config.method == POOLED_METHOD:
+            raise ConfigError("--steps sets one method's steps; with method both, set discover.latent_discovery.steps "
+                              "and discover.single_direction.steps in the parameters file")
         section = "latent_discovery" if config.method == "latent-discovery" else "single_direction"
         config = config.with_changes(**{f"{section}.steps": steps})
     if directions is not None:

@@ -1,7 +1,7 @@
 """Settings of the discover stage: the `discover` section of params.yaml, checked and typed.
 
     discover:
-      method: latent-discovery        # or single-direction
+      method: latent-discovery        # or single-direction, or both (their candidates scored together)
       seed: 0
       magnitude: 5.0                  # ||h_bg|| used for scoring and saved with the direction
       device: cpu
@@ -29,7 +29,9 @@ from generator.discovery.directions import DIRECTION_TYPES
 from generator.synth.filters import FilterConfig
 from generator.synth.settings import SettingsError, SynthSettings
 
-METHODS = ("latent-discovery", "single-direction")
+SINGLE_METHODS = ("latent-discovery", "single-direction")
+POOLED_METHOD = "both"  # every single method runs; all their candidates are scored as one set
+METHODS = (*SINGLE_METHODS, POOLED_METHOD)
 LR_SCHEDULES = ("constant", "cosine")
 
 

@@ -49,11 +49,28 @@ class DiscoveryResult:
     method: str
     candidates: torch.Tensor
     outcome: LoopOutcome
+    column_methods: tuple[str, ...] = ()   # pooled results: the method behind each column
 
     @property
     def final_metrics(self) -> dict[str, float]:
         """Mean of each metric over the last 50 steps."""
         return {key: sum(values[-50:]) / len(values[-50:]) for key, values in self.outcome.history.items() if values}
+
+    def method_of(self, index: int) -> str:
+        """The method that found candidate `index`."""
+        return self.column_methods[index] if self.column_methods else self.method
+
+
+def pool_results(method: str, results: list[DiscoveryResult]) -> DiscoveryResult:
+    """Several methods' candidates side by side (in the order given), to be scored as one set.
+
+    The pooled history keeps each method's metrics under `<method>/<metric>`; time and steps add up."""
+    history = {f"{result.method}/{key}": values for result in results for key, values in result.outcome.history.items()}
+    outcome = LoopOutcome(history=history, resumed_from=sum(result.outcome.resumed_from for result in results),
+                          seconds=sum(result.outcome.seconds for result in results),
+                          steps_run=sum(result.outcome.steps_run for result in results))
+    columns = tuple(result.method_of(i) for result in results for i in range(result.candidates.shape[1]))
+    return DiscoveryResult(method, torch.cat([result.candidates for result in results], dim=1), outcome, columns)
 
 
 def draw_step(config: LatentDiscoveryConfig, latent_dim: int, seed: int, t: int):

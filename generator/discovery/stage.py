@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from generator.direction import Direction, save_direction
-from generator.discovery.config import DiscoverConfig
+from generator.discovery.config import POOLED_METHOD, SINGLE_METHODS, DiscoverConfig
 from generator.discovery.contact_sheet import make_contact_sheet, png_bytes
-from generator.discovery.latent_discovery import DiscoveryResult, discover_latent_directions
+from generator.discovery.latent_discovery import DiscoveryResult, discover_latent_directions, pool_results
 from generator.discovery.refinement import RefinementOutcome, refine_direction
 from generator.discovery.scoring import SCORE_FORMULA, CandidateScore, score_candidates
 from generator.discovery.selection import Choice, check_override, check_plausible, choose_direction
@@ -47,11 +47,24 @@ class StageOutcome:
 
 
 def discover(generator: Generator, config: DiscoverConfig, progress: bool = True) -> DiscoveryResult:
-    """Run the configured discovery method (resuming from its checkpoint when there is one)."""
-    checkpoint = (Path(config.checkpoint_dir) / f"{config.method}.pt") if config.checkpoint_dir else None
-    if config.method == "latent-discovery":
+    """Run the configured discovery method, or each method for `both` with their candidates pooled
+    (each resumes from its own checkpoint when there is one)."""
+    if config.method == POOLED_METHOD:
+        return pool_results(POOLED_METHOD, [run_method(generator, config, name, progress) for name in SINGLE_METHODS])
+    return run_method(generator, config, config.method, progress)
+
+
+def run_method(generator: Generator, config: DiscoverConfig, method: str, progress: bool = True) -> DiscoveryResult:
+    checkpoint = (Path(config.checkpoint_dir) / f"{method}.pt") if config.checkpoint_dir else None
+    if method == "latent-discovery":
         return discover_latent_directions(generator, config.latent_discovery, config.seed, checkpoint, progress)
     return discover_single_direction(generator, config.single_direction, config.seed, checkpoint, progress)
+
+
+def candidate_count(config: DiscoverConfig) -> int:
+    """How many candidate directions the configured method yields (single-direction: one)."""
+    counts = {"latent-discovery": config.latent_discovery.directions, "single-direction": 1}
+    return sum(counts.values()) if config.method == POOLED_METHOD else counts[config.method]
 
 
 def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, progress: bool = True) -> StageOutcome:
@@ -61,7 +74,7 @@ def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, 
     still written, then `NoPlausibleDirection` is raised and no direction file is saved."""
     output = Path(output)
     # refuse a bad override before the long part, not after it
-    check_override(config.override, config.latent_discovery.directions if config.method == "latent-discovery" else 1)
+    check_override(config.override, candidate_count(config))
     result = discover(generator, config, progress)
     candidates = result.candidates
     scores = score_candidates(generator, candidates, config.magnitude, config.scoring, config.seed, progress)
@@ -83,8 +96,8 @@ def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, 
     refinement = refine_chosen(generator, choice.sign * candidates[:, choice.index], choice, config, progress)
     direction = Direction.from_vector(
         refinement.vector, generator.identity, magnitude=config.magnitude,
-        method=result.method, index=choice.index, sign=choice.sign, chosen_by=choice.chosen_by,
-        extra={"score": choice.score.to_json(), "candidates": int(candidates.shape[1]),
+        method=result.method_of(choice.index), index=choice.index, sign=choice.sign, chosen_by=choice.chosen_by,
+        extra={"score": choice.score.to_json(), "candidates": int(candidates.shape[1]), "discovery": result.method,
                "steps": steps_of(config), "seed": config.seed, "refinement": refinement.to_json()})
     atomic_write_json(files["scores.json"], scores_record(generator, config, result, scores, choice, refinement))
     atomic_write_json(files["metrics.json"], metrics_record(result, choice, refinement))
@@ -121,7 +134,9 @@ def refine_chosen(generator: Generator, chosen: torch.Tensor, choice: Choice, co
 
 
 def steps_of(config: DiscoverConfig) -> int:
-    return (config.latent_discovery if config.method == "latent-discovery" else config.single_direction).steps
+    """Training steps of the configured method (of both, for the pooled one)."""
+    steps = {"latent-discovery": config.latent_discovery.steps, "single-direction": config.single_direction.steps}
+    return sum(steps.values()) if config.method == POOLED_METHOD else steps[config.method]
 
 
 def scores_record(generator: Generator, config: DiscoverConfig, result: DiscoveryResult,
@@ -135,7 +150,8 @@ def scores_record(generator: Generator, config: DiscoverConfig, result: Discover
         "formula": SCORE_FORMULA,
         "scoring": asdict(config.scoring),
         "chosen": {"index": choice.index, "sign": choice.sign, "chosen_by": choice.chosen_by,
-                   "total": round(choice.score.total, 6)},
+                   "method": result.method_of(choice.index), "total": round(choice.score.total, 6)},
+        "candidate_methods": [result.method_of(i) for i in range(result.candidates.shape[1])],
         "min_score": config.min_score,
         "refinement": None if refinement is None else refinement.to_json(),
         "candidates": [score.to_json() for score in scores],
@@ -145,8 +161,9 @@ def scores_record(generator: Generator, config: DiscoverConfig, result: Discover
 def metrics_record(result: DiscoveryResult, choice: Choice, refinement: RefinementOutcome) -> dict:
     outcome = result.outcome
     return {
-        "method": result.method, "index": choice.index, "sign": choice.sign, "chosen_by": choice.chosen_by,
-        "score": round(choice.score.total, 6), "refined": refinement.refined,
+        "method": result.method, "chosen_method": result.method_of(choice.index), "index": choice.index,
+        "sign": choice.sign, "chosen_by": choice.chosen_by, "score": round(choice.score.total, 6),
+        "refined": refinement.refined,
         "refined_score": None if refinement.score_after is None else round(refinement.score_after, 6),
         "refined_cosine": None if refinement.cosine_to_chosen is None else round(refinement.cosine_to_chosen, 6),
         "steps_run": outcome.steps_run, "resumed_from": outcome.resumed_from,
@@ -162,6 +179,7 @@ def history_csv(result: DiscoveryResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["step", *keys])
-    for step, values in enumerate(zip(*(history[key] for key in keys))):
-        writer.writerow([step, *(f"{value:.6g}" for value in values)])
+    # pooled methods ran different numbers of steps: a method's cells stay empty after its last one
+    for step in range(max((len(history[key]) for key in keys), default=0)):
+        writer.writerow([step, *(f"{history[key][step]:.6g}" if step < len(history[key]) else "" for key in keys)])
     return buffer.getvalue()

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from generator.house.model import HouseConfig, HouseDiscriminatorNet, HouseEncoderNet, HouseGeneratorNet
+from generator.house.model_layered import HouseLayeredConfig, HouseLayeredGeneratorNet
 from generator.house.model_v2 import HouseV2Config, HouseV2DiscriminatorNet, HouseV2EncoderNet, HouseV2GeneratorNet
 
 
@@ -27,6 +28,7 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "v1": Architecture(HouseConfig, HouseGeneratorNet, HouseDiscriminatorNet, HouseEncoderNet),
     "v2": Architecture(HouseV2Config, HouseV2GeneratorNet, HouseV2DiscriminatorNet, HouseV2EncoderNet),
+    "layered": Architecture(HouseLayeredConfig, HouseLayeredGeneratorNet, HouseDiscriminatorNet, HouseEncoderNet),
 }
 DEFAULT_ARCHITECTURE = "v1"
 
@@ -37,6 +39,8 @@ ARCHITECTURE_DEFAULTS = {
     # SAGAN's two time-scale rule for spectral norm + hinge with one D step per G step
     "v2": {"latent_dim": 128, "resolution": 128, "width": 8, "discriminator_width": 32, "batch_size": 64,
            "lr_generator": 1e-4, "lr_discriminator": 4e-4, "adam_betas": (0.0, 0.9)},
+    "layered": {"latent_dim": 128, "resolution": 64, "width": 32, "discriminator_width": 48, "batch_size": 64,
+                "lr_generator": 2e-4, "lr_discriminator": 2e-4, "adam_betas": (0.5, 0.999)},
 }
 
 

@@ -141,7 +141,7 @@ def build_settings(*, data, out, export_to=None, arch="v1", steps=6000, encoder_
     fields = {"latent_dim": pick(latent_dim, "latent_dim"), "resolution": int(pick(resolution, "resolution")),
               "width": pick(width, "width")}
     if encoder_width is not None:
-        if arch == "v1":
+        if arch != "v2":
             raise click.BadParameter("only v2 has a separate encoder width", param_hint="--encoder-width")
         fields["encoder_width"] = encoder_width
     try:

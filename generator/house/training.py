@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from generator.house.architectures import architecture_of, build_networks, config_record
 from generator.house.augment import diff_augment
+from generator.house.model_layered import coverage_penalty
 from generator.house.model_v2 import update_spectral_norms
 from generator.house.model import HouseConfig
 from generator.house.photos import as_unit_range, load_training_photos
@@ -52,6 +53,10 @@ RECONSTRUCTIONS_NAME = "reconstructions.png"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
 SETTINGS_NAME = "settings.json"
+# layered generator: the share of the image its object layer may cover without penalty, and the
+# weights of its alpha penalties beside the generator's loss
+COVERAGE_RANGE = (0.1, 0.4)
+LAYER_PENALTY_WEIGHTS = {"coverage_penalty": 10.0}
 
 
 @dataclass
@@ -190,6 +195,17 @@ def _latents(state: TrainingState, size: int, latent_dim: int) -> torch.Tensor:
     return torch.randn(size, latent_dim, generator=state.latent_rng, device=state.latent_rng.device)
 
 
+def _training_fakes(state: TrainingState, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Generated images for the discriminator, and the layered generator's penalties on its alpha
+    (none for the other architectures): its objects are shifted at random, as its training wants."""
+    layered = getattr(state.generator, "training_images", None)
+    if layered is None:
+        return state.generator_forward(z), {}
+    images, alpha = layered(z, state.augment_rng)
+    alpha = alpha.float()
+    return images, {"coverage_penalty": coverage_penalty(alpha, *COVERAGE_RANGE)}
+
+
 def _autocast(settings: TrainSettings):
     if settings.bf16 and torch.device(settings.device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -223,7 +239,7 @@ def gan_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings
     update_spectral_norms(state.discriminator)  # outside the (possibly compiled) forward passes
     reals = _real_batch(photos, n, state.data_rng)
     with _autocast(settings):
-        fakes = state.generator_forward(_latents(state, n, latent_dim))
+        fakes, penalties = _training_fakes(state, _latents(state, n, latent_dim))
         real_scores = state.discriminator_forward(diff_augment(reals, state.augment_rng)).float()
         fake_scores = state.discriminator_forward(diff_augment(fakes.detach(), state.augment_rng)).float()
     loss_d = _discriminator_losses(loss_kind, real_scores, fake_scores)
@@ -235,7 +251,7 @@ def gan_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings
         generated_scores = state.discriminator_forward(diff_augment(fakes, state.augment_rng)).float()
     loss_g = _generator_loss(loss_kind, generated_scores)
     state.opt_generator.zero_grad(set_to_none=True)
-    loss_g.backward()
+    (loss_g + sum(LAYER_PENALTY_WEIGHTS[name] * value for name, value in penalties.items())).backward()
     state.opt_generator.step()
 
     state.step += 1
@@ -250,8 +266,10 @@ def gan_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings
     state.opt_encoder.zero_grad(set_to_none=True)
     loss_e.backward()
     state.opt_encoder.step()
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "loss_e": loss_e.detach(),
-            "real_score": real_scores.detach().mean(), "fake_score": fake_scores.detach().mean()}
+    losses = {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "loss_e": loss_e.detach(),
+              "real_score": real_scores.detach().mean(), "fake_score": fake_scores.detach().mean()}
+    losses.update({name: value.detach() for name, value in penalties.items()})
+    return losses
 
 
 def encoder_step(state: TrainingState, photos: torch.Tensor, settings: TrainSettings) -> dict[str, torch.Tensor]:
