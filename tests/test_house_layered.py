@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from generator.house.architectures import build_networks, make_config
 from generator.house.cli import main as train_house_gan
-from generator.house.model_layered import HouseLayeredConfig, HouseLayeredGeneratorNet, StarOutline, coverage_penalty
+from generator.house.model_layered import (HouseLayeredConfig, HouseLayeredGeneratorNet, StarOutline,
+                                           coverage_penalty, diversity_penalty)
 from generator.house.training import COVERAGE_RANGE, TrainSettings, TrainingState, gan_step, train
 from generator.registry import build_generator
 from tests.test_house_v2 import photo_folder, tiny_pack  # noqa: F401  (fixtures)
@@ -65,14 +66,25 @@ def test_training_images_shift_the_object_layer_only():
     z = torch.randn(16, TINY.latent_dim)
     with torch.no_grad():
         colour, alpha, background = generator.layers(z)
-        shifted, alpha_out = generator.training_images(z, torch.Generator().manual_seed(0))
+        shifted, layers = generator.training_images(z, torch.Generator().manual_seed(0))
         again, _ = generator.training_images(z, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(alpha_out, alpha)  # the penalty sees the layer as drawn
+    for drawn, expected in zip(layers, (colour, alpha, background)):  # the penalties see the layers as drawn
+        torch.testing.assert_close(drawn, expected)
     assert torch.equal(shifted, again)  # seeded
     # where the object layer moved away, only the background is left; somewhere it moved
     uncovered = torch.isclose(shifted, background).all(dim=1)
     assert uncovered.any()
     assert not torch.allclose(shifted, alpha * colour + (1 - alpha) * background)
+
+
+def test_diversity_penalty_is_the_shortfall_of_change_per_unit_of_code():
+    codes = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    same = torch.zeros(2, 3, 4, 4)
+    assert diversity_penalty(same, codes, 0.3).item() == pytest.approx(0.3)
+    varied = torch.stack([torch.zeros(3, 4, 4), torch.full((3, 4, 4), 0.2)])
+    assert diversity_penalty(varied, codes, 0.3).item() == pytest.approx(0.1)
+    assert diversity_penalty(varied * 2, codes, 0.3).item() == 0
+    assert diversity_penalty(same[:1], codes[:1], 0.3).item() == 0  # no pair to compare
 
 
 def test_coverage_penalty_is_the_distance_outside_the_range():
@@ -110,7 +122,7 @@ def test_gan_step_logs_the_penalty_and_training_exports_a_house_generator(tmp_pa
                              config=TINY, discriminator_width=4, calibration_images=16)
     state = TrainingState(settings)
     losses = gan_step(state, torch.zeros(6, 3, 16, 16, dtype=torch.uint8), settings)
-    assert torch.isfinite(losses["coverage_penalty"])
+    assert all(torch.isfinite(losses[name]) for name in ("coverage_penalty", "diversity_penalty"))
     weights = train(settings)
     house = build_generator({"name": "house", "weights": str(weights)})
     assert house.architecture == "layered" and house.resolution == 16 and house.latent_dim == 12

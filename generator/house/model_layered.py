@@ -1,26 +1,31 @@
-"""Networks of the layered house GAN: an object layer pasted over a background layer, 64 x 64.
+"""Networks of the layered house GAN: an object pasted over a background, 64 x 64.
 
-The generator draws two images from two disjoint parts of z: a background from the first
-`background_dim` coordinates, and an object (colour plus an opacity map, alpha) from the rest.
-Its image is alpha * object + (1 - alpha) * background.
+The generator draws two layers from two disjoint parts of z: a background from the first
+`background_dim` coordinates, and an object from the rest.  The object is a colour layer and an
+outline, alpha: a smooth closed curve around a centre (`StarOutline`).  The image is
+alpha * colour + (1 - alpha) * background.
 
 Why this design, where compute is a laptop's and not a GPU's: a plain DCGAN trained for an hour of
-CPU draws layouts, and the direction found on it lights a fixed central region, whatever the
-image holds.  Here the split between object and background is built into the generator, and
-training makes it mean something.  During training the object layer and its alpha are shifted
-together by a random offset before they are pasted (Bielski & Favaro, "Emergence of Object
-Segmentation in Perturbed Generative Models", NeurIPS 2019).  A composite only stays realistic
-under such shifts when alpha covers a whole, coherent object and the background is complete
-behind it, so the discriminator teaches alpha to cut out objects.  A hinge on alpha's mean
-keeps the layer from covering nothing or everything.
+CPU draws layouts, and the direction found on it lights a fixed central region whatever the image
+holds.  A learned free-form alpha did no better in short CPU runs: it became a see-through veil
+or a texture spread over the whole frame.  Here the generator always draws an object, and
+training decides what it looks like, where it sits, how big it is and what surrounds it:
+- The outline is a shape, never a veil: centre, size and a few Fourier harmonics of its radius
+  come from z, so outlines are blobs, ovals and lobed or dented shapes anywhere in the frame.
+- The background is drawn at `background_side` and enlarged smoothly.  In object-centric photos
+  it is mostly out of focus, and a coarse layer cannot draw an object of its own.
+- During training the object layer moves by a random offset before it is pasted (Bielski &
+  Favaro, "Emergence of Object Segmentation in Perturbed Generative Models", NeurIPS 2019).  A
+  composite stays realistic under such moves only when the object layer holds a whole object and
+  the background is complete behind it.
+- A hinge on alpha's mean keeps objects between 10% and 40% of the image without penalty
+  (`generator.house.training.COVERAGE_RANGE`), and a mode-seeking hinge keeps the object's
+  colour layer varied with its code: without it, short runs drew one texture inside every outline.
 
-Because object and background draw on separate coordinates of z, a latent direction can
-lighten one and darken the other, which is what the saliency method looks for.  The discovered
-direction still makes every mask; alpha itself is never read outside training.
-
-The background is drawn at `background_side` and enlarged smoothly: in object-centric photos
-it is mostly out of focus, and a coarse layer cannot draw objects of its own.  The
-discriminator and the encoder are v1's (`generator.house.model`).
+Because object and background draw on separate coordinates of z, a latent direction can lighten
+one and darken the other, which is what the saliency method looks for.  The discovered direction
+still makes every mask; alpha itself is never read outside training.  The discriminator and the
+encoder are v1's (`generator.house.model`).
 """
 
 from __future__ import annotations
@@ -163,16 +168,30 @@ class HouseLayeredGeneratorNet(nn.Module):
         colour, alpha, background = self.layers(z)
         return alpha * colour + (1 - alpha) * background
 
-    def training_images(self, z: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_images(self, z: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Images with each object layer shifted at random (the uncovered border is transparent),
-        and their alpha maps (N x 1 x R x R) for the coverage penalty."""
-        colour, alpha, background = self.layers(z)
+        and the layers as drawn (colour, alpha, background) for the training penalties."""
+        colour, alpha, background = layers = self.layers(z)
         moved = random_translation(torch.cat([colour, alpha], dim=1), rng, self.SHIFT_RATIO)
-        colour, alpha_moved = moved[:, :3], moved[:, 3:]
-        return alpha_moved * colour + (1 - alpha_moved) * background, alpha
+        colour, alpha = moved[:, :3], moved[:, 3:]
+        return alpha * colour + (1 - alpha) * background, layers
 
 
 def coverage_penalty(alpha: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """Mean over images of how far alpha's mean lies outside [low, high] (0 inside)."""
     coverage = alpha.mean(dim=(1, 2, 3))
     return (F.relu(low - coverage) + F.relu(coverage - high)).mean()
+
+
+def diversity_penalty(layer: torch.Tensor, codes: torch.Tensor, target: float) -> torch.Tensor:
+    """How far a layer's variety falls short of `target`, after mode seeking (Mao et al., CVPR 2019):
+    the first half of the batch is paired with the second, and the mean absolute difference of the
+    pair's layers is divided by that of their codes.  A layer drawn the same for every code scores
+    `target`; one that varies at least that much with its code, 0."""
+    half = layer.shape[0] // 2
+    if half == 0:
+        return layer.new_zeros(())
+    layer_change = (layer[:half] - layer[half:2 * half]).abs().mean(dim=(1, 2, 3))
+    code_change = (codes[:half] - codes[half:2 * half]).abs().mean(dim=1)
+    return F.relu(target - layer_change / code_change).mean()
+
