@@ -7,6 +7,8 @@ about 900 images/s at batch 32 on 2 threads).
 
     .venv/bin/python benchmarks/bench_house_v2.py                 # untrained v2 of the default shape
     .venv/bin/python benchmarks/bench_house_v2.py --v2-weights data/house_gan_v2/house_gan.pt
+    .venv/bin/python benchmarks/bench_house_v2.py --v1-weights OLD.pt --v2-weights generator/house/house_gan.pt
+                                      # any two house weights files: the second is timed as "v2"
     .venv/bin/python benchmarks/bench_house_v2.py --width 12      # another v2 shape, untrained
 """
 
@@ -37,7 +39,8 @@ def _v2_functions(args) -> tuple[str, int, int, object, object, dict]:
     if args.v2_weights:
         house = build_generator({"name": "house", "weights": args.v2_weights})
         nets = {"generator": house.generator_net, "encoder": house.encoder_net}
-        return house.identity, house.latent_dim, house.resolution, house.generate, house.encode, nets
+        return (f"{house.architecture} {house.identity}", house.latent_dim, house.resolution, house.generate,
+                house.encode, nets)
     # an untrained v2 exported as the backend reads it, so the timed path is the product's
     config = HouseV2Config(width=args.width, encoder_width=args.encoder_width, latent_dim=args.latent_dim,
                            residual_up_to=args.residual_up_to)
