@@ -35,8 +35,9 @@ def resolve_device(name: str) -> str:
                    f"reconstructions.png); default: --out. The package's own copy is {PACKAGE_DIR}.")
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="v1", show_default=True,
               help="v1: 64 x 64 DCGAN, logistic loss. v2: 128 x 128 BigGAN-style residual GAN (latent batch "
-                   "norm, spectral-norm discriminator, hinge loss). Options left out take the architecture's "
-                   "defaults.")
+                   "norm, spectral-norm discriminator, hinge loss). layered: 64 x 64, an object (colour inside a "
+                   "smooth outline) over a coarse background, the object shifted at random in training (the "
+                   "shipped default, trained on a CPU). Options left out take the architecture's defaults.")
 @click.option("--steps", type=click.IntRange(min=0), default=6000, show_default=True,
               help="GAN steps (one discriminator and one generator update each) in total, resumed runs included.")
 @click.option("--encoder-steps", type=click.IntRange(min=0), default=1500, show_default=True,
