@@ -17,6 +17,13 @@ from torch import nn
 SEED_SIDE = 4
 
 
+def check_side(name: str, side: int) -> None:
+    """Sides are doublings of the 4 x 4 seed: a power of two of at least 8."""
+    steps = math.log2(side / SEED_SIDE) if side >= 8 else 0
+    if side < 8 or steps != int(steps):
+        raise ValueError(f"{name} must be a power of two >= 8, got {side}")
+
+
 @dataclass(frozen=True)
 class HouseConfig:
     """Architecture of the three networks; stored beside the weights so they can be rebuilt."""
@@ -26,9 +33,7 @@ class HouseConfig:
     width: int = 32
 
     def __post_init__(self) -> None:
-        steps = math.log2(self.resolution / SEED_SIDE) if self.resolution >= 8 else 0
-        if self.resolution < 8 or steps != int(steps):
-            raise ValueError(f"resolution must be a power of two >= 8, got {self.resolution}")
+        check_side("resolution", self.resolution)
         if self.latent_dim < 1 or self.width < 1:
             raise ValueError(f"latent_dim and width must be positive, got {self.latent_dim}, {self.width}")
 

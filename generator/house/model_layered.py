@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from generator.house.augment import random_translation
+from generator.house.model import check_side
 
 SEED_SIDE = 4
 ARCHITECTURE = "layered"
@@ -55,10 +56,8 @@ class HouseLayeredConfig:
     harmonics: int = 5
 
     def __post_init__(self) -> None:
-        for name, side in (("resolution", self.resolution), ("background_side", self.background_side)):
-            steps = math.log2(side / SEED_SIDE) if side >= 8 else 0
-            if side < 8 or steps != int(steps):
-                raise ValueError(f"{name} must be a power of two >= 8, got {side}")
+        check_side("resolution", self.resolution)
+        check_side("background_side", self.background_side)
         if self.background_side > self.resolution:
             raise ValueError(f"background_side {self.background_side} exceeds resolution {self.resolution}")
         for name in ("width", "harmonics"):

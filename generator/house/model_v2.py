@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generator.house.model import check_side
+
 SEED_SIDE = 4
 ARCHITECTURE = "v2"
 
@@ -49,9 +51,7 @@ class HouseV2Config:
     encoder_width: int = 8
 
     def __post_init__(self) -> None:
-        steps = math.log2(self.resolution / SEED_SIDE) if self.resolution >= 8 else 0
-        if self.resolution < 8 or steps != int(steps):
-            raise ValueError(f"resolution must be a power of two >= 8, got {self.resolution}")
+        check_side("resolution", self.resolution)
         for name in ("latent_dim", "width", "max_channels", "residual_up_to", "encoder_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
