@@ -38,9 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from generator.house.augment import random_translation
-from generator.house.model import check_side
+from generator.house.model import SEED_SIDE, check_side
 
-SEED_SIDE = 4
 ARCHITECTURE = "layered"
 
 
