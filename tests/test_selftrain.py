@@ -87,7 +87,7 @@ def test_a_run_writes_model_curves_and_moves_labels_only_after_the_warm_up(tmp_p
     for trained, loaded in zip(result.model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(trained, loaded)
     plots = tmp_path / "run" / "plots"
-    assert (plots / "labels.csv").read_text().splitlines()[0] == "epoch,lambda,label_change,prediction_gap,loss"
+    assert (plots / "labels.csv").read_text().splitlines()[0] == "epoch,round,lambda,label_change,prediction_gap,loss"
     assert len((plots / "loss.csv").read_text().splitlines()) == 13
     assert json.loads((plots / "summary.json").read_text())["photos"] == 10
     with Image.open(plots / "pseudo_labels.png") as grid:
@@ -121,6 +121,68 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(tmp_path, syn
     messages = []
     again = self_train(tiny_config(tmp_path, synthetic_model, "b", lr=1e-3), progress=False, log=messages.append)
     assert again.resumed_from is None and any("other settings" in message for message in messages)
+
+
+def test_each_round_after_the_first_starts_from_labels_the_model_so_far_makes(tmp_path, synthetic_model):
+    from trainer.selftrain import loop
+
+    write_photos(tmp_path / "photos")
+    first_labels = []
+    original = loop._first_labels
+
+    def recording(model, *args):
+        first_labels.append((original(model, *args), {k: v.clone() for k, v in model.state_dict().items()}))
+        return first_labels[-1][0]
+
+    config = tiny_config(tmp_path, synthetic_model, "rounds", epochs=2, rounds=2)
+    loop._first_labels = recording
+    try:
+        result = self_train(config, progress=False)
+    finally:
+        loop._first_labels = original
+    assert result.epochs == 4 and result.steps == 4 * 3
+    rows = result.history["labels"]
+    assert [row["round"] for row in rows] == [1, 1, 2, 2]
+    assert [row["lambda"] for row in rows] == [1.0, None, 1.0, 1.0]  # the warm-up restarts with round 2
+    assert len(first_labels) == 2  # the synthetic model's G^1, then the round-1 model's labels
+    relabelled, weights_then = first_labels[1]
+    assert rows[1]["label_change"] == pytest.approx(
+        float(np.abs(relabelled.astype(np.float32) - first_labels[0][0].astype(np.float32)).mean()), rel=1e-5)
+    assert rows[1]["label_change"] > 0
+    # the relabelling model is the one after round 1's last step, not the synthetic one
+    synthetic, _ = load_trained_model(synthetic_model)
+    assert any(not torch.equal(weights_then[name], value) for name, value in synthetic.state_dict().items())
+    record = load_trained_model(config.model_dir)[1]
+    assert record["selftrain"]["rounds"] == 2 and record["epochs"] == 4
+    plots = tmp_path / "rounds" / "plots"
+    assert (plots / "labels.csv").read_text().splitlines()[2].startswith("2,1,,")  # relabelled: no lambda
+    assert json.loads((plots / "summary.json").read_text())["rounds"] == 2
+
+
+def test_a_run_of_two_rounds_resumes_across_the_relabelling(tmp_path, synthetic_model):
+    write_photos(tmp_path / "photos")
+    uninterrupted = self_train(tiny_config(tmp_path, synthetic_model, "a", epochs=2, rounds=2), progress=False)
+
+    def interrupt(step):
+        if step == 7:  # the first batch of round 2, after the checkpoint that ended round 1
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        self_train(tiny_config(tmp_path, synthetic_model, "b", epochs=2, rounds=2), progress=False, on_step=interrupt)
+    assert load_checkpoint(tmp_path / "b" / "work")["epoch"] == 3
+    resumed = self_train(tiny_config(tmp_path, synthetic_model, "b", epochs=2, rounds=2), progress=False)
+    assert resumed.resumed_from == (3, 0)
+    np.testing.assert_allclose(resumed.labels.astype(np.float32), uninterrupted.labels.astype(np.float32), atol=2e-3)
+    for want, have in zip(uninterrupted.history["labels"], resumed.history["labels"]):
+        assert have["lambda"] == want["lambda"] and have["round"] == want["round"]
+        for key in ("label_change", "prediction_gap", "loss"):
+            assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6)
+
+    from generator.runs import RecordMismatch
+    with pytest.raises(KeyboardInterrupt):
+        self_train(tiny_config(tmp_path, synthetic_model, "c", epochs=2, rounds=2), progress=False, on_step=interrupt)
+    with pytest.raises(RecordMismatch, match="rounds"):  # an unfinished run of other rounds is refused
+        self_train(tiny_config(tmp_path, synthetic_model, "c", epochs=2, rounds=3), progress=False)
 
 
 def test_an_unfinished_run_with_other_settings_is_refused_and_kept(tmp_path, synthetic_model):

@@ -69,10 +69,11 @@ def test_a_tiny_run_learns_the_discs_and_writes_model_curves_and_summary(disc_sh
     assert summary["steps"] == 30 and summary["val_iou"] == pytest.approx(validation[-1]["iou"])
 
 
-def test_resume_repeats_the_uninterrupted_run(disc_shards, tmp_path):
+@pytest.mark.parametrize("augment", [False, True])
+def test_resume_repeats_the_uninterrupted_run(disc_shards, tmp_path, augment):
     def config(folder, steps):  # two loader processes; lr decays after step 8, in the resumed part
         return tiny_config(disc_shards, folder, steps=steps, checkpoint_every=4, val_every=4, base_channels=4,
-                           lr_decay_step=8, batch_size=4, num_workers=2)
+                           lr_decay_step=8, batch_size=4, num_workers=2, augment=augment)
 
     uninterrupted = train(config(tmp_path / "a", 14), progress=False)
     first = train(config(tmp_path / "b", 6), progress=False)  # stops between two checkpoints
@@ -94,6 +95,15 @@ def interrupted(folder):
     state = load_checkpoint(folder)
     save_checkpoint({**state, "finished": False}, folder)
     return (folder / CHECKPOINT_NAME).read_bytes()
+
+
+def test_augmentation_changes_the_run_and_its_record(disc_shards, tmp_path):
+    plain = train(tiny_config(disc_shards, tmp_path / "plain", steps=4), progress=False)
+    augmented = train(tiny_config(disc_shards, tmp_path / "augmented", steps=4, augment=True), progress=False)
+    assert plain.settings["augment"] is False and augmented.settings["augment"] is True
+    assert [row["loss"] for row in plain.history["train"]] != [row["loss"] for row in augmented.history["train"]]
+    with pytest.raises(ConfigError, match="augment"):
+        tiny_config(disc_shards, tmp_path, augment="yes")
 
 
 def test_a_checkpoint_of_other_settings_is_refused_naming_the_keys_and_kept(tmp_path):

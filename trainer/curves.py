@@ -22,7 +22,9 @@ def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: (f"{row[key]:.6g}" if isinstance(row[key], float) else row[key]) for key in columns})
+        # a column a row lacks (a curve resumed from an older run) is left empty
+        writer.writerow({key: (f"{row[key]:.6g}" if isinstance(row.get(key), float) else row.get(key))
+                         for key in columns})
     return buffer.getvalue()
 
 

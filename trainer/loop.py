@@ -33,12 +33,13 @@ from tqdm import tqdm
 
 from generator.runs import OutputLock, may_resume, record_digest
 from trainer import distributed
+from trainer.augment import augment_pairs
 from trainer.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from trainer.config import ConfigError, TrainConfig
 from trainer.curves import write_curves, write_summary
 from trainer.decode import ShardFormatError
 from trainer.export import save_trained_model
-from trainer.shards import (StreamPlan, loader_workers, manifest_summary, probe_image_size, read_pairs,
+from trainer.shards import (StreamPlan, derived_seed, loader_workers, manifest_summary, probe_image_size, read_pairs,
                             resolve_shards, shards_identity, split_holdout, training_loader)
 from trainer.unet import UNet
 from trainer.validation import validation_scores
@@ -106,7 +107,7 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         "input_size": input_size, "base_channels": config.base_channels, "depth": config.depth,
         "bilinear": config.bilinear, "batch_size": config.batch_size, "lr": config.lr,
         "lr_decay_step": config.lr_decay_step, "lr_decay_factor": config.lr_decay_factor, "seed": config.seed,
-        "shuffle_buffer": config.shuffle_buffer,
+        "shuffle_buffer": config.shuffle_buffer, "augment": config.augment,
     }
 
     torch.manual_seed(config.seed)
@@ -155,6 +156,9 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     batches = iter(loader)
     while step < config.steps:
         images, masks, _ = _next_batch(batches)
+        if config.augment:  # drawn from (seed, step, rank) alone, so a resumed run augments alike
+            generator = torch.Generator().manual_seed(derived_seed(config.seed, "augment", step, context.rank))
+            images, masks = augment_pairs(images, masks, generator)
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         learning_rate = optimizer.param_groups[0]["lr"]
         loss_sum = training_step(network, optimizer, images, masks, pixels_per_step, context.world_size, autocast)

@@ -38,6 +38,9 @@ _PAPER = ", ".join(f"{key} {value}" for key, value in PAPER_SCHEDULE.items())
 @click.option("--base-channels", type=click.IntRange(min=2), help="U-Net width at full resolution (paper: 64).")
 @click.option("--input-size", type=click.IntRange(min=2),
               help="Side the images are resized to; default: the shards' own image size.")
+@click.option("--augment/--no-augment", default=None,
+              help="Mirror pairs and vary colour, blur and grain of the images (trainer/augment.py), so the "
+                   "U-Net cannot lean on the generator's colours and textures.")
 @click.option("--num-workers", type=click.IntRange(min=0), help="Loader processes per training process.")
 @click.option("--seed", type=int, help="Seed of the weights' initialisation and of the data order.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads per process (default: torch's).")

@@ -24,7 +24,8 @@ class SelfTrainConfig:
     max_photos: int | None = None        # a seeded random subset of this many photos; None: all
     model: str = "data/model"            # the synthetic-trained U-Net: first labels and starting weights
     input_size: int | None = None        # square side photos are brought to; None: the model's own
-    epochs: int = 6
+    epochs: int = 6                      # per round
+    rounds: int = 1                      # each round after the first relabels the photos with the model so far
     olr_lambda: float = 0.4              # G^{j+1} = lambda G^j + (1 - lambda) Y^j once warm-up is over
     olr_warmup_epochs: int = 2           # epochs after which labels are kept as they are (lambda = 1)
     loss: str = "a2s"                    # a2s: BCE + SSIM + IoU (A2S); bce: the paper's U-Net loss
@@ -42,7 +43,7 @@ class SelfTrainConfig:
     plots_dir: str = "data/selftrain"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "log_every", "checkpoint_every"):
+        for name in ("epochs", "rounds", "batch_size", "log_every", "checkpoint_every"):
             _require_positive_int(name, getattr(self, name))
         for name in ("max_photos", "input_size", "threads"):
             if getattr(self, name) is not None:
@@ -67,6 +68,14 @@ class SelfTrainConfig:
     def from_section(cls, section: dict[str, Any] | None, **overrides: Any) -> "SelfTrainConfig":
         """Build from a params section; `overrides` (None values ignored) win over it."""
         return cls(**section_values(cls, section, "selftrain", overrides, ConfigError))
+
+    @property
+    def total_epochs(self) -> int:
+        return self.rounds * self.epochs
+
+    def round_of(self, epoch: int) -> tuple[int, int]:
+        """(round, epoch within it), both counted from 1, of the run's epoch `epoch`."""
+        return (epoch - 1) // self.epochs + 1, (epoch - 1) % self.epochs + 1
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

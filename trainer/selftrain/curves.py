@@ -17,13 +17,13 @@ from trainer.curves import _csv, write_summary  # noqa: F401  (write_summary is 
 LOSS_CURVE = "loss.csv"
 LABELS_CURVE = "labels.csv"
 LOSS_COLUMNS = ("step", "epoch", "loss")
-LABEL_COLUMNS = ("epoch", "lambda", "label_change", "prediction_gap", "loss")
+LABEL_COLUMNS = ("epoch", "round", "lambda", "label_change", "prediction_gap", "loss")
 TILE = 64
 
 
 def write_curves(history: dict[str, list[dict[str, Any]]], folder: str | Path) -> None:
-    """`loss.csv` (step, epoch, loss) and `labels.csv` (epoch, lambda, mean |G^{j+1} - G^j|,
-    mean |Y^j - G^j|, the epoch's mean loss)."""
+    """`loss.csv` (step, epoch, loss) and `labels.csv` (epoch, round, lambda (empty where the round's
+    end relabelled the photos), mean |G^{j+1} - G^j|, mean |Y^j - G^j|, the epoch's mean loss)."""
     folder = Path(folder)
     atomic_write_bytes(folder / LOSS_CURVE, _csv(history["loss"], LOSS_COLUMNS).encode())
     atomic_write_bytes(folder / LABELS_CURVE, _csv(history["labels"], LABEL_COLUMNS).encode())

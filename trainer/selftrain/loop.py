@@ -8,6 +8,11 @@
    photo, made in that same forward pass as A2S does.
 4. After the epoch the labels are rectified: G^{j+1} = lambda_j G^j + (1 - lambda_j) Y^j
    (trainer/selftrain/labels.py), and how far they moved goes into the curves.
+5. With several rounds, the last epoch of a round ends differently: the model as it stands
+   labels every photo afresh (refined like G^1), and the next round fits those labels from the
+   current weights, with the warm-up and rectification schedule restarting.  Refining a better
+   model's predictions gives sharper labels than rectification, which pulls them towards the
+   model's smoother predictions.
 
 Writes the model as trainer/export.py does (model_dir/unet.pt + unet.json), the curves
 (plots_dir/loss.csv, labels.csv), plots_dir/summary.json and plots_dir/pseudo_labels.png (a few
@@ -93,6 +98,8 @@ def _self_train(config: SelfTrainConfig, progress: bool, log: Callable[[str], No
         "refine_labels": config.refine_labels, "batch_size": config.batch_size, "lr": config.lr,
         "seed": config.seed,
     }
+    if config.rounds > 1:  # round boundaries fall every `epochs` epochs; one round can still be extended
+        settings.update(rounds=config.rounds, epochs_per_round=config.epochs)
     snapshot_rows = sorted(example_indices(count, SNAPSHOT_PHOTOS))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_function = LOSSES[config.loss]
@@ -119,17 +126,18 @@ def _self_train(config: SelfTrainConfig, progress: bool, log: Callable[[str], No
 
     def checkpoint() -> None:
         save_state({"step": (epoch - 1) * batches_per_epoch + batch, "epoch": epoch, "batch": batch,
-                    "record": settings, "finished": epoch > config.epochs, "model": model.state_dict(),
+                    "record": settings, "finished": epoch > total_epochs, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "rng": rng_states(), "history": history,
                     "pending": pending, "snapshots": snapshots}, config)
         write_curves(history, config.plots_dir)
 
-    total_steps = config.epochs * batches_per_epoch
+    total_epochs = config.total_epochs
+    total_steps = total_epochs * batches_per_epoch
     step = (epoch - 1) * batches_per_epoch + batch
     bar = tqdm(total=total_steps, initial=min(step, total_steps), desc="self-train", unit="step",
                dynamic_ncols=True, disable=not progress, file=sys.stderr)
     model.train()
-    while epoch <= config.epochs:
+    while epoch <= total_epochs:
         order, flips = epoch_plan(config.seed, epoch, count)
         predictions = open_predictions(predictions_path(config.work_dir), labels.shape, fresh=batch == 0)
         while batch < batches_per_epoch:
@@ -159,14 +167,23 @@ def _self_train(config: SelfTrainConfig, progress: bool, log: Callable[[str], No
             if on_step is not None:
                 on_step(step)
         predictions.flush()
-        weight = label_weight(epoch, config.olr_warmup_epochs, config.olr_lambda)
-        labels, moved, gap = rectify(labels, predictions, weight)
+        round_, epoch_in_round = config.round_of(epoch)
+        weight = label_weight(epoch_in_round, config.olr_warmup_epochs, config.olr_lambda)
+        rectified, moved, gap = rectify(labels, predictions, weight)
         del predictions
-        history["labels"].append({"epoch": epoch, "lambda": weight, "label_change": moved, "prediction_gap": gap,
+        if epoch_in_round == config.epochs and epoch < total_epochs:  # the round's end: label afresh
+            relabelled = _first_labels(model, model_config, photos, config, progress)
+            moved = float(np.abs(relabelled.astype(np.float32) - labels.astype(np.float32)).mean())
+            labels, weight = relabelled, None
+        else:
+            labels = rectified
+        history["labels"].append({"epoch": epoch, "round": round_, "lambda": weight, "label_change": moved,
+                                  "prediction_gap": gap,
                                   "loss": pending["epoch_sum"] / max(pending["epoch_steps"], 1)})
         pending.update(epoch_sum=0.0, epoch_steps=0)
         snapshots.append(_snapshot(labels, snapshot_rows))
-        log(f"epoch {epoch}: loss {history['labels'][-1]['loss']:.4f}, lambda {weight:g}, "
+        update = "relabelled by the model" if weight is None else f"lambda {weight:g}"
+        log(f"epoch {epoch} (round {round_}): loss {history['labels'][-1]['loss']:.4f}, {update}, "
             f"labels moved {moved:.4f} (predictions were {gap:.4f} away)")
         epoch, batch = epoch + 1, 0
         save_array(labels_path(config.work_dir, epoch), labels)
@@ -174,8 +191,8 @@ def _self_train(config: SelfTrainConfig, progress: bool, log: Callable[[str], No
     bar.close()
     predictions_path(config.work_dir).unlink(missing_ok=True)
     _export(model, model_config, model_digest, photos, config, history, step, snapshots, snapshot_rows)
-    log(f"self-trained {config.epochs} epochs ({step} steps) on {count} photos; model in {config.model_dir}")
-    return SelfTrainResult(model, config.epochs, step, history, resumed_from, labels)
+    log(f"self-trained {total_epochs} epochs ({step} steps) on {count} photos; model in {config.model_dir}")
+    return SelfTrainResult(model, total_epochs, step, history, resumed_from, labels)
 
 
 def epoch_plan(seed: int, epoch: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +213,8 @@ def _flipped(batch: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def _first_labels(model: UNet, model_config: dict, photos: PhotoSet, config: SelfTrainConfig,
                   progress: bool) -> np.ndarray:
-    """G^1: the synthetic-trained model's predictions on the squares, optionally refined."""
+    """A round's first labels: the model's predictions on the squares, optionally refined (G^1:
+    the synthetic-trained model's)."""
     predictor = UNetPredictor(model, model_config, config.model, device=config.device)
     side = photos.squares.shape[1]
     labels = np.empty(photos.squares.shape[:3], dtype=np.float16)
@@ -240,9 +258,10 @@ def _export(model: UNet, model_config: dict, model_digest: str, photos: PhotoSet
     side = photos.squares.shape[1]
     last = history["labels"][-1] if history["labels"] else {}
     record = {
-        "input_size": side, "steps": step, "epochs": config.epochs, "batch_size": config.batch_size,
+        "input_size": side, "steps": step, "epochs": config.total_epochs, "batch_size": config.batch_size,
         "lr": config.lr, "seed": config.seed,
-        "selftrain": {"loss": config.loss, "olr_lambda": config.olr_lambda,
+        "selftrain": {"loss": config.loss, "rounds": config.rounds, "epochs_per_round": config.epochs,
+                      "olr_lambda": config.olr_lambda,
                       "olr_warmup_epochs": config.olr_warmup_epochs, "refine_labels": config.refine_labels,
                       "photos": str(config.photos), "photo_count": len(photos.files),
                       "skipped_photos": len(photos.skipped), "max_photos": config.max_photos,
@@ -254,7 +273,8 @@ def _export(model: UNet, model_config: dict, model_digest: str, photos: PhotoSet
     save_trained_model(model, record, config.model_dir)
     (Path(config.model_dir) / STATUS_NAME).unlink(missing_ok=True)
     write_curves(history, config.plots_dir)
-    write_summary({"enabled": True, "epochs": config.epochs, "steps": step, "photos": len(photos.files),
+    write_summary({"enabled": True, "rounds": config.rounds, "epochs": config.total_epochs, "steps": step,
+                   "photos": len(photos.files),
                    "skipped_photos": len(photos.skipped), "final_loss": last.get("loss"),
                    "final_label_change": last.get("label_change")}, config.plots_dir)
     write_label_grid(photos.squares[snapshot_rows], snapshots, Path(config.plots_dir) / "pseudo_labels.png")

@@ -27,7 +27,10 @@ from trainer.selftrain.config import LOSSES, ConfigError, SelfTrainConfig  # noq
 @click.option("--model", type=click.Path(file_okay=False),
               help="The synthetic-trained model folder (unet.pt + unet.json): first labels and starting weights.")
 @click.option("--input-size", type=click.IntRange(min=16), help="Square side photos are brought to (default: the model's).")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs in total (a resumed run counts on).")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Epochs per round (a resumed one-round run counts on to the new total).")
+@click.option("--rounds", type=click.IntRange(min=1),
+              help="Rounds: each after the first starts with the model so far labelling every photo afresh.")
 @click.option("--olr-lambda", type=click.FloatRange(0, 1),
               help="lambda of the label update G <- lambda G + (1 - lambda) Y after the warm-up; 1: no rectification.")
 @click.option("--olr-warmup-epochs", type=click.IntRange(min=0), help="Epochs after which labels stay as they are.")
@@ -51,7 +54,9 @@ def main(params_path: str, quiet: bool, **options) -> None:
 
     The synthetic-trained model labels every photo (G^1) and training starts from its weights;
     after each epoch j the labels move towards the model's own predictions:
-    G^{j+1} = lambda G^j + (1 - lambda) Y^j, lambda = 1 for the warm-up epochs. Writes
+    G^{j+1} = lambda G^j + (1 - lambda) Y^j, lambda = 1 for the warm-up epochs. With --rounds R,
+    the last epoch of each round but the last ends with the model labelling every photo afresh
+    (refined as G^1 is), and the next round's epochs fit those labels on the same schedule. Writes
     MODEL_DIR/unet.pt + unet.json (evaluate-saliency reads it like train-unet's model),
     PLOTS_DIR/loss.csv, labels.csv (how far the labels moved each epoch), summary.json and
     pseudo_labels.png; a killed run resumes from WORK_DIR exactly.

@@ -48,8 +48,8 @@ def resumable_state(config: SelfTrainConfig, record: dict[str, Any],
         return None
     saved = state.get("record") or {"fingerprint": state.get("fingerprint")}
     current = dict(record)
-    if state["epoch"] > config.epochs + 1:
-        saved, current = {**saved, "epoch": state["epoch"]}, {**current, "epoch": f"<= {config.epochs + 1}"}
+    if state["epoch"] > config.total_epochs + 1:
+        saved, current = {**saved, "epoch": state["epoch"]}, {**current, "epoch": f"<= {config.total_epochs + 1}"}
     if not may_resume(saved, current, what=f"the self-training checkpoint in {config.work_dir}",
                       hint="Pass --no-resume (selftrain.resume: false) to self-train from the start.",
                       finished=bool(state.get("finished")), replace_finished=True, log=log):
