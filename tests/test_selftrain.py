@@ -14,7 +14,7 @@ from PIL import Image
 from trainer.checkpoint import load_checkpoint
 from trainer.export import load_trained_model, save_trained_model
 from trainer.selftrain.config import ConfigError, SelfTrainConfig
-from trainer.selftrain.labels import label_weight, rectify
+from trainer.selftrain.labels import label_weight, mean_distance, rectify
 from trainer.selftrain.loop import self_train
 from trainer.selftrain.main import main
 from trainer.selftrain.photos import PhotoFolderError, prepare_photos
@@ -69,6 +69,9 @@ def test_label_update_rule_and_its_schedule():
     assert moved == 0.0
     with pytest.raises(ValueError):
         rectify(labels, predictions[:, :1], 0.4)
+    assert mean_distance(labels, predictions) == pytest.approx(gap, rel=1e-6)
+    with pytest.raises(ValueError, match="cannot be compared"):
+        mean_distance(labels, predictions[:, :1])
 
 
 def test_a_run_writes_model_curves_and_moves_labels_only_after_the_warm_up(tmp_path, synthetic_model):

@@ -13,8 +13,10 @@ right with probability 1/2 (image and mask).  Each image then has, in this order
   gives smooth regions texture.
 Masks only follow the mirror.
 
-Every draw comes from a `torch.Generator` the caller seeds, so a batch's augmentation is a pure
-function of that seed and the batch.
+Every draw comes from a CPU `torch.Generator` the caller seeds, so a batch's augmentation is a
+pure function of that seed and the batch.  The work runs where the batch is: on a GPU only the
+per-image parameters are drawn on the CPU, and the grain comes from a generator on the device
+seeded from the caller's (the same seed gives other grain there than on the CPU).
 """
 
 from __future__ import annotations
@@ -65,25 +67,33 @@ def augment_pairs(images: torch.Tensor, masks: torch.Tensor,
             or masks.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"expected N x 3 x H x W images and N x 1 x H x W masks, got {tuple(images.shape)} "
                          f"and {tuple(masks.shape)}")
-    count = images.shape[0]
-    mirrored = torch.rand(count, generator=generator) < 0.5
-    matrices = colour_matrices(count, generator).to(images.dtype)
-    contrast = _uniform(count, CONTRAST_RANGE, generator).to(images.dtype)
-    brightness = _uniform(count, (-BRIGHTNESS_SHIFT, BRIGHTNESS_SHIFT), generator).to(images.dtype)
+    count, device, dtype = images.shape[0], images.device, images.dtype
+    mirrored = (torch.rand(count, generator=generator) < 0.5).to(device)
+    matrices = colour_matrices(count, generator).to(device, dtype)
+    contrast = _uniform(count, CONTRAST_RANGE, generator).to(device, dtype)
+    brightness = _uniform(count, (-BRIGHTNESS_SHIFT, BRIGHTNESS_SHIFT), generator).to(device, dtype)
 
     images = torch.where(mirrored[:, None, None, None], images.flip(-1), images)
     masks = torch.where(mirrored[:, None, None, None], masks.flip(-1), masks)
     unit = (images + 1.0) / 2.0
     coloured = torch.einsum("nij,njhw->nihw", matrices, unit)
-    luma = (coloured * _RGB_TO_YIQ[0].to(images.dtype)[None, :, None, None]).sum(1, keepdim=True)
+    luma = (coloured * _RGB_TO_YIQ[0].to(device, dtype)[None, :, None, None]).sum(1, keepdim=True)
     mean_luma = luma.mean(dim=(2, 3), keepdim=True)
     adjusted = mean_luma + contrast[:, None, None, None] * (coloured - mean_luma) + brightness[:, None, None, None]
     blurred = _blurred(adjusted, generator)
     chosen = torch.rand(count, generator=generator) < NOISE_PROBABILITY
-    noise_std = _uniform(count, NOISE_STD_RANGE, generator).to(images.dtype) * chosen
-    noise = torch.randn(blurred.shape, generator=generator, dtype=images.dtype)
-    noisy = blurred + noise_std[:, None, None, None] * noise
+    noise_std = (_uniform(count, NOISE_STD_RANGE, generator) * chosen).to(device, dtype)
+    noisy = blurred + noise_std[:, None, None, None] * _grain(blurred.shape, dtype, device, generator)
     return noisy.clamp(0.0, 1.0) * 2.0 - 1.0, masks
+
+
+def _grain(shape: torch.Size, dtype: torch.dtype, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal grain of `shape` on `device`, drawn there (a full-size draw on the CPU would
+    hold a GPU back)."""
+    if device.type == "cpu":
+        return torch.randn(shape, generator=generator, dtype=dtype)
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    return torch.randn(shape, generator=torch.Generator(device).manual_seed(seed), dtype=dtype, device=device)
 
 
 def _blurred(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -95,7 +105,7 @@ def _blurred(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     kernels = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
     kernels = kernels / kernels.sum(1, keepdim=True)
     identity = (offsets == 0).to(torch.float64).expand(count, -1)
-    kernels = torch.where(chosen[:, None], kernels, identity).to(images.dtype)
+    kernels = torch.where(chosen[:, None], kernels, identity).to(images.device, images.dtype)
     kernels = kernels.repeat_interleave(channels, 0)  # one per image channel
     flat = images.reshape(1, count * channels, height, width)
     flat = F.conv2d(F.pad(flat, (BLUR_RADIUS, BLUR_RADIUS, 0, 0), mode="replicate"),

@@ -68,7 +68,7 @@ class TrainConfig:
     lr_decay_step: int | None = 533  # lr is multiplied by lr_decay_factor after this many steps
     lr_decay_factor: float = 0.2
     seed: int = 0
-    augment: bool = False            # mirror pairs and vary image colours (trainer/augment.py)
+    augment: bool = False            # mirror pairs; vary colour, blur and grain (trainer/augment.py)
     bf16: bool = True                # bf16 autocast, used on CUDA only
     threads: int | None = None       # torch CPU threads per process (None: torch's default)
     device: str = "auto"             # auto, cpu, cuda (cuda:LOCAL_RANK under torchrun) or cuda:N

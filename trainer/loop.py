@@ -156,10 +156,10 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     batches = iter(loader)
     while step < config.steps:
         images, masks, _ = _next_batch(batches)
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         if config.augment:  # drawn from (seed, step, rank) alone, so a resumed run augments alike
             generator = torch.Generator().manual_seed(derived_seed(config.seed, "augment", step, context.rank))
             images, masks = augment_pairs(images, masks, generator)
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         learning_rate = optimizer.param_groups[0]["lr"]
         loss_sum = training_step(network, optimizer, images, masks, pixels_per_step, context.world_size, autocast)
         scheduler.step()

@@ -51,6 +51,16 @@ def rectify(labels: np.ndarray, predictions: np.ndarray, weight: float) -> tuple
     return updated, moved / count, gap / count
 
 
+def mean_distance(first: np.ndarray, second: np.ndarray) -> float:
+    """mean |first - second| of two label arrays, a chunk at a time (float16 in, float32 working copy)."""
+    if first.shape != second.shape:
+        raise ValueError(f"arrays of shapes {first.shape} and {second.shape} cannot be compared")
+    total = sum(float(np.abs(first[start:start + CHUNK].astype(np.float32)
+                             - second[start:start + CHUNK].astype(np.float32)).sum(dtype=np.float64))
+                for start in range(0, len(first), CHUNK))
+    return total / max(first.size, 1)
+
+
 def save_array(path: str | Path, array: np.ndarray) -> None:
     """An array as `.npy`, written atomically."""
     buffer = io.BytesIO()

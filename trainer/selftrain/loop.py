@@ -41,7 +41,8 @@ from trainer.checkpoint import restore_rng_states, rng_states
 from trainer.export import WEIGHTS_NAME, CONFIG_NAME, load_trained_model, save_trained_model
 from trainer.selftrain.config import SelfTrainConfig
 from trainer.selftrain.curves import write_curves, write_label_grid, write_summary
-from trainer.selftrain.labels import label_weight, load_array, open_predictions, rectify, save_array
+from trainer.selftrain.labels import (label_weight, load_array, mean_distance, open_predictions, rectify,
+                                      save_array)
 from trainer.selftrain.losses import LOSSES
 from trainer.selftrain.photos import PhotoSet, prepare_photos
 from trainer.selftrain.state import labels_path, predictions_path, resumable_state, save_state
@@ -168,15 +169,14 @@ def _self_train(config: SelfTrainConfig, progress: bool, log: Callable[[str], No
                 on_step(step)
         predictions.flush()
         round_, epoch_in_round = config.round_of(epoch)
-        weight = label_weight(epoch_in_round, config.olr_warmup_epochs, config.olr_lambda)
-        rectified, moved, gap = rectify(labels, predictions, weight)
-        del predictions
         if epoch_in_round == config.epochs and epoch < total_epochs:  # the round's end: label afresh
+            gap = mean_distance(predictions, labels)
             relabelled = _first_labels(model, model_config, photos, config, progress)
-            moved = float(np.abs(relabelled.astype(np.float32) - labels.astype(np.float32)).mean())
-            labels, weight = relabelled, None
+            labels, moved, weight = relabelled, mean_distance(relabelled, labels), None
         else:
-            labels = rectified
+            weight = label_weight(epoch_in_round, config.olr_warmup_epochs, config.olr_lambda)
+            labels, moved, gap = rectify(labels, predictions, weight)
+        del predictions
         history["labels"].append({"epoch": epoch, "round": round_, "lambda": weight, "label_change": moved,
                                   "prediction_gap": gap,
                                   "loss": pending["epoch_sum"] / max(pending["epoch_steps"], 1)})
