@@ -13,6 +13,7 @@ from generator.house.architectures import build_networks, make_config
 from generator.house.cli import main as train_house_gan
 from generator.house.model_layered import (HouseLayeredConfig, HouseLayeredGeneratorNet, StarOutline,
                                            coverage_penalty, diversity_penalty)
+from generator.house.ship import record_markdown, training_record
 from generator.house.training import COVERAGE_RANGE, TrainSettings, TrainingState, gan_step, train
 from generator.registry import build_generator
 from tests.test_house_v2 import photo_folder, tiny_pack  # noqa: F401  (fixtures)
@@ -141,6 +142,11 @@ def test_train_command_takes_the_layered_defaults_and_refuses_an_encoder_width(t
     assert result.exit_code == 0, result.output
     settings = json.loads((tmp_path / "cli" / "settings.json").read_text())
     assert settings["architecture"] == "layered" and settings["config"]["latent_dim"] == 128
+    # a run trained by this command names it in the record shipping writes into the card
+    record = training_record(tmp_path / "cli", build_generator({"name": "house",
+                                                                "weights": str(tmp_path / "cli" / "house_gan.pt")}))
+    assert record["command"][:4] == ["train-house-gan", "--data", str(tiny_pack), "--arch"]
+    assert "`train-house-gan --data " in record_markdown({**record, "bank": {"count": 0, "photos": "-"}})
     result = runner.invoke(train_house_gan, ["--data", str(tiny_pack), "--arch", "layered", "--encoder-width", "4"])
     assert result.exit_code != 0 and "only v2" in result.output
 

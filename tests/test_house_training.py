@@ -140,6 +140,10 @@ def test_cli_trains_and_reports_bad_input(tmp_path, tiny_photos):
                                   "--resolution", "16", "--width", "4", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli" / "house_gan.pt").is_file()
+    recorded = json.loads((tmp_path / "cli" / "settings.json").read_text())["command"]
+    assert recorded == ["train-house-gan", "--data", str(tiny_photos), "--out", str(tmp_path / "cli"), "--steps", "2",
+                        "--encoder-steps", "1", "--batch-size", "4", "--latent-dim", "8", "--resolution", "16",
+                        "--width", "4", "--threads", "1"]
     empty = tmp_path / "empty"
     empty.mkdir()
     result = runner.invoke(main, ["--data", str(empty), "--out", str(tmp_path / "x")])

@@ -23,7 +23,16 @@ def resolve_device(name: str) -> str:
     return name
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class _CommandRecordingArguments(click.Command):
+    """A command that keeps the arguments it was given (ctx.meta["argv"]), so the run can record
+    the exact command that made it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_CommandRecordingArguments, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", type=click.Path(exists=True), required=True,
               help="Folder of unlabeled photos to train on (e.g. ../shared/datasets/DUTS-TR/images), or a "
                    "photo pack written by pack-house-photos. Never a benchmark used for evaluation.")
@@ -119,7 +128,8 @@ def main(data, out, export_to, arch, steps, encoder_steps, minutes, encoder_shar
         bar.set_postfix(shown, refresh=False)
 
     try:
-        weights = train(settings, resume=Path(resume) if resume else None, progress=progress)
+        command = ["train-house-gan", *click.get_current_context().meta["argv"]]
+        weights = train(settings, resume=Path(resume) if resume else None, progress=progress, command=command)
     except (ValueError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
     finally:

@@ -63,7 +63,7 @@ def training_record(run: Path, house: HouseGenerator) -> dict[str, Any]:
             "latent_dim": house.latent_dim, "training": house.training_summary,
             "device": (timing or {}).get("environment", {}).get("device_name") or settings.get("device_name"),
             "torch": settings.get("torch"), "settings": settings, "final": last, "timing": timing,
-            "command": (timing or {}).get("command")}
+            "command": (timing or {}).get("command") or settings.get("command")}
 
 
 def record_markdown(record: dict[str, Any]) -> str:

@@ -466,10 +466,12 @@ def _synchronise(device: torch.device) -> None:
 
 def train(settings: TrainSettings, resume: Path | None = None,
           progress: Callable[[int, int, str, dict], None] | None = None,
-          photos: tuple[torch.Tensor, list[Path], list[dict]] | None = None) -> Path:
+          photos: tuple[torch.Tensor, list[Path], list[dict]] | None = None,
+          command: list[str] | None = None) -> Path:
     """Run (or resume) both phases, checkpointing and exporting on the way; returns the weights path.
 
     `photos` (tensor, files, skipped) skips reading `settings.data` (a caller that already decoded it).
+    `command`, the command line that started this run, goes into the settings file.
     """
     clock = _Clock(settings)
     torch.manual_seed(settings.seed)
@@ -482,7 +484,7 @@ def train(settings: TrainSettings, resume: Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     _write_json({**settings.record(), "photos": int(images.shape[0]), "torch": torch.__version__,
                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                 "resume": str(resume) if resume else None}, out / SETTINGS_NAME)
+                 "resume": str(resume) if resume else None, "command": command}, out / SETTINGS_NAME)
     state = load_checkpoint(resume, settings) if resume else TrainingState(settings)
     checkpoint_path = out / CHECKPOINT_NAME
     log = open(out / LOG_NAME, "a")
