@@ -17,6 +17,11 @@ from torch import nn
 SEED_SIDE = 4
 
 
+def doublings_to(side: int) -> int:
+    """How many doublings take the 4 x 4 seed to `side` (a side check_side accepts)."""
+    return int(math.log2(side // SEED_SIDE))
+
+
 def check_side(name: str, side: int) -> None:
     """Sides are doublings of the 4 x 4 seed: a power of two of at least 8."""
     steps = math.log2(side / SEED_SIDE) if side >= 8 else 0
@@ -39,7 +44,7 @@ class HouseConfig:
 
     @property
     def doublings(self) -> int:
-        return int(math.log2(self.resolution // SEED_SIDE))
+        return doublings_to(self.resolution)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -30,7 +30,6 @@ encoder are v1's (`generator.house.model`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from generator.house.augment import random_translation
-from generator.house.model import SEED_SIDE, check_side
+from generator.house.model import SEED_SIDE, check_side, doublings_to
 
 ARCHITECTURE = "layered"
 
@@ -72,7 +71,7 @@ class HouseLayeredConfig:
 
     @property
     def doublings(self) -> int:
-        return int(math.log2(self.resolution // SEED_SIDE))
+        return doublings_to(self.resolution)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -144,7 +143,7 @@ class HouseLayeredGeneratorNet(nn.Module):
         self.object_blocks = nn.Sequential(*_up_blocks(object_channels))
         self.object_colour = nn.ConvTranspose2d(object_channels[-1], 3, 4, 2, 1)
         self.outline = StarOutline(object_dim, config.harmonics, config.resolution)
-        m = int(math.log2(config.background_side // SEED_SIDE))
+        m = doublings_to(config.background_side)
         background_channels = [min(config.width * 2 ** (m + 1 - i), 256) for i in range(m)]
         self.background_seed = nn.Linear(config.background_dim, background_channels[0] * SEED_SIDE ** 2, bias=False)
         self.background_blocks = nn.Sequential(*_up_blocks(background_channels))

@@ -26,16 +26,14 @@ to z; it is trained to invert the EMA generator (`generator.house.training`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.house.model import check_side
+from generator.house.model import SEED_SIDE, check_side, doublings_to
 
-SEED_SIDE = 4
 ARCHITECTURE = "v2"
 
 
@@ -62,7 +60,7 @@ class HouseV2Config:
 
     @property
     def doublings(self) -> int:
-        return int(math.log2(self.resolution // SEED_SIDE))
+        return doublings_to(self.resolution)
 
     def as_dict(self) -> dict:
         return asdict(self)
