@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from generator.direction import Direction, load_direction, save_direction  # noqa: E402
+from generator.direction import Direction, DirectionError, load_direction, save_direction  # noqa: E402
 from generator.registry import build_generator  # noqa: E402
 from generator.synth.main import synthesize  # noqa: E402
 from generator.synth.masks import synthesize_masks  # noqa: E402
@@ -95,6 +95,17 @@ def end_to_end(spec, generator, direction: Path, output: Path, distributor: str,
     return totals["candidates"] / summary.seconds, totals["samples"] / summary.seconds
 
 
+def pipeline_direction_for(generator, path: str):
+    """The pipeline's direction when it was found for this generator; None (with a note) otherwise."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return load_direction(path, generator)
+    except DirectionError as error:
+        print(f"note: not using {path} ({error}); a random direction instead", flush=True)
+        return None
+
+
 def bench_generator(name: str, args, folder: Path) -> list[tuple]:
     spec = SPECS[name]
     device = torch.device(args.device)
@@ -103,9 +114,10 @@ def bench_generator(name: str, args, folder: Path) -> list[tuple]:
         torch.set_num_threads(1)
     generator = build_generator(spec).to(device)
     direction = folder / f"{name}-direction.json"
-    if name == "house" and Path(args.house_direction).is_file():
+    pipeline_direction = pipeline_direction_for(generator, args.house_direction) if name == "house" else None
+    if pipeline_direction is not None:
         direction = Path(args.house_direction)           # the pipeline's: its real acceptance rate
-        shift = load_direction(direction, generator).shift()
+        shift = pipeline_direction.shift()
     else:
         shift = chosen_shift(generator, args.magnitude)
         save_direction(Direction.from_vector(shift.cpu(), generator.identity, method="random", index=0, sign=1,
