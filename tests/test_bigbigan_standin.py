@@ -17,3 +17,21 @@ def test_the_standin_has_bigbigans_shape_and_is_not_a_registered_generator():
     assert again.identity == generator.identity        # seeded random weights
     with torch.inference_mode():
         assert torch.equal(again.generate(torch.zeros(1, 120)), images)
+
+
+def test_the_scale_benchmark_keeps_every_standin_candidate_which_the_papers_filters_would_not():
+    # Random weights draw no object: with the paper's filters a benchmark run on the standin would
+    # spend its whole candidate budget and stop, so the benchmark runs it keeping every candidate.
+    from benchmarks.bench_scale import FILTERS, SPECS, chosen_shift
+    from generator.synth.filters import FilterConfig, apply_filters
+    from generator.synth.masks import synthesize_masks
+
+    generator = build_generator(SPECS["standin"])
+    shift = chosen_shift(generator, magnitude=5.0)
+    z = torch.randn(4, generator.latent_dim, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        base, shifted = generator.generate(z), generator.generate(z + shift)
+    masks = synthesize_masks(base, shifted).numpy()
+    assert apply_filters(masks, shifted.numpy(), FILTERS["standin"]).keep.all()
+    assert not apply_filters(masks, shifted.numpy(), FilterConfig()).keep.any()
+    assert FILTERS["house"] == FilterConfig()
