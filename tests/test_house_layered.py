@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from generator.house.architectures import build_networks, make_config
+from generator.house.architectures import SHIPPED_ARCHITECTURE, build_networks, make_config
 from generator.house.cli import main as train_house_gan
 from generator.house.model_layered import (HouseLayeredConfig, HouseLayeredGeneratorNet, StarOutline,
                                            coverage_penalty, diversity_penalty)
@@ -133,10 +133,12 @@ def test_gan_step_logs_the_penalty_and_training_exports_a_house_generator(tmp_pa
     assert "coverage_penalty" in log[0]
 
 
-def test_train_command_takes_the_layered_defaults_and_refuses_an_encoder_width(tmp_path, tiny_pack):  # noqa: F811
+def test_train_command_trains_the_shipped_architecture_unless_told_and_refuses_an_encoder_width(
+        tmp_path, tiny_pack):  # noqa: F811
+    assert build_generator({"name": "house"}).architecture == SHIPPED_ARCHITECTURE == "layered"
     runner = CliRunner()
     result = runner.invoke(train_house_gan, [
-        "--data", str(tiny_pack), "--arch", "layered", "--resolution", "16", "--out", str(tmp_path / "cli"),
+        "--data", str(tiny_pack), "--resolution", "16", "--out", str(tmp_path / "cli"),
         "--steps", "1", "--encoder-steps", "1", "--batch-size", "4", "--width", "4", "--discriminator-width", "4",
         "--calibration-images", "8", "--device", "cpu", "--threads", "1"])
     assert result.exit_code == 0, result.output
@@ -145,7 +147,7 @@ def test_train_command_takes_the_layered_defaults_and_refuses_an_encoder_width(t
     # a run trained by this command names it in the record shipping writes into the card
     record = training_record(tmp_path / "cli", build_generator({"name": "house",
                                                                 "weights": str(tmp_path / "cli" / "house_gan.pt")}))
-    assert record["command"][:4] == ["train-house-gan", "--data", str(tiny_pack), "--arch"]
+    assert record["command"][:4] == ["train-house-gan", "--data", str(tiny_pack), "--resolution"]
     assert "`train-house-gan --data " in record_markdown({**record, "bank": {"count": 0, "photos": "-"}})
     result = runner.invoke(train_house_gan, ["--data", str(tiny_pack), "--arch", "layered", "--encoder-width", "4"])
     assert result.exit_code != 0 and "only v2" in result.output

@@ -135,15 +135,14 @@ def test_cli_trains_and_reports_bad_input(tmp_path, tiny_photos):
     help_text = runner.invoke(main, ["--help"]).output
     for option in ("--data", "--steps", "--batch-size", "--seed", "--out", "--resume", "--export-to"):
         assert option in help_text
-    result = runner.invoke(main, ["--data", str(tiny_photos), "--out", str(tmp_path / "cli"), "--steps", "2",
-                                  "--encoder-steps", "1", "--batch-size", "4", "--latent-dim", "8",
-                                  "--resolution", "16", "--width", "4", "--threads", "1"])
+    arguments = ["--data", str(tiny_photos), "--out", str(tmp_path / "cli"), "--arch", "v1", "--steps", "2",
+                 "--encoder-steps", "1", "--batch-size", "4", "--latent-dim", "8", "--resolution", "16",
+                 "--width", "4", "--threads", "1"]
+    result = runner.invoke(main, arguments)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli" / "house_gan.pt").is_file()
     recorded = json.loads((tmp_path / "cli" / "settings.json").read_text())["command"]
-    assert recorded == ["train-house-gan", "--data", str(tiny_photos), "--out", str(tmp_path / "cli"), "--steps", "2",
-                        "--encoder-steps", "1", "--batch-size", "4", "--latent-dim", "8", "--resolution", "16",
-                        "--width", "4", "--threads", "1"]
+    assert recorded == ["train-house-gan", *arguments]
     empty = tmp_path / "empty"
     empty.mkdir()
     result = runner.invoke(main, ["--data", str(empty), "--out", str(tmp_path / "x")])

@@ -30,7 +30,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "v2": Architecture(HouseV2Config, HouseV2GeneratorNet, HouseV2DiscriminatorNet, HouseV2EncoderNet),
     "layered": Architecture(HouseLayeredConfig, HouseLayeredGeneratorNet, HouseDiscriminatorNet, HouseEncoderNet),
 }
-DEFAULT_ARCHITECTURE = "v1"
+DEFAULT_ARCHITECTURE = "v1"   # of a weights file or checkpoint that names none (written before v2)
+SHIPPED_ARCHITECTURE = "layered"   # of the package's weights: what train-house-gan trains unless told
 
 # per architecture: the training settings an option left out takes
 ARCHITECTURE_DEFAULTS = {

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from generator.house import PACKAGE_DIR
-from generator.house.architectures import ARCHITECTURE_DEFAULTS, ARCHITECTURES, make_config
+from generator.house.architectures import ARCHITECTURE_DEFAULTS, ARCHITECTURES, SHIPPED_ARCHITECTURE, make_config
 from generator.house.pack import pack_photos
 from generator.house.training import CHECKPOINT_NAME, LOG_NAME, SETTINGS_NAME, TrainSettings, train
 
@@ -42,11 +42,12 @@ class _CommandRecordingArguments(click.Command):
 @click.option("--export-to", type=click.Path(file_okay=False), default=None,
               help="Folder for the shipped files (house_gan.pt, latent_bank.npy/.json, samples.png, "
                    f"reconstructions.png); default: --out. The package's own copy is {PACKAGE_DIR}.")
-@click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="v1", show_default=True,
-              help="v1: 64 x 64 DCGAN, logistic loss. v2: 128 x 128 BigGAN-style residual GAN (latent batch "
-                   "norm, spectral-norm discriminator, hinge loss). layered: 64 x 64, an object (colour inside a "
-                   "smooth outline) over a coarse background, the object shifted at random in training (the "
-                   "shipped default, trained on a CPU). Options left out take the architecture's defaults.")
+@click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default=SHIPPED_ARCHITECTURE, show_default=True,
+              help="layered (the architecture of the shipped weights, trained on a CPU): 64 x 64, an object "
+                   "(colour inside a smooth outline) over a coarse background, the object shifted at random in "
+                   "training. v2: 128 x 128 BigGAN-style residual GAN (latent batch norm, spectral-norm "
+                   "discriminator, hinge loss), meant for a GPU. v1: 64 x 64 DCGAN, logistic loss (the previous "
+                   "default). Options left out take the architecture's defaults.")
 @click.option("--steps", type=click.IntRange(min=0), default=6000, show_default=True,
               help="GAN steps (one discriminator and one generator update each) in total, resumed runs included.")
 @click.option("--encoder-steps", type=click.IntRange(min=0), default=1500, show_default=True,
@@ -138,7 +139,7 @@ def main(data, out, export_to, arch, steps, encoder_steps, minutes, encoder_shar
     click.echo(f"weights: {weights}")
 
 
-def build_settings(*, data, out, export_to=None, arch="v1", steps=6000, encoder_steps=1500, minutes=None,
+def build_settings(*, data, out, export_to=None, arch=SHIPPED_ARCHITECTURE, steps=6000, encoder_steps=1500, minutes=None,
                    encoder_share=0.15, batch_size=None, seed=0, latent_dim=None, resolution=None, width=None,
                    encoder_width=None, discriminator_width=None, lr_generator=None, lr_discriminator=None,
                    device="cpu", bf16=True, compile=False, checkpoint_every=250, export_every=1000, log_every=25,
