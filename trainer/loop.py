@@ -93,13 +93,7 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
 
-    training, held = split_holdout(resolve_shards(config.shards, config.manifest), config.holdout_shards)
-    input_size = config.input_size or probe_image_size(training[0])
-    if input_size < 2 ** config.depth:
-        raise ConfigError(f"images of {input_size} px are too small for a U-Net of depth {config.depth}")
-    workers = loader_workers(config.num_workers, len(training), context.world_size)
-    plan = StreamPlan(tuple(training), config.seed, context.rank, context.world_size, workers,
-                      distributed.rank_batch_size(config.batch_size, context), config.shuffle_buffer)
+    training, held, input_size, plan = training_plan(config, context)
     autocast_on = config.bf16 and device.type == "cuda"
     # The run record: what shapes the weights.  `steps` is not in it, so a run can be extended.
     settings = {
@@ -137,7 +131,7 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         else contextlib.nullcontext
     validation = read_pairs(held, input_size, config.val_samples)[:2] if held and context.is_main else None
     loader = training_loader(plan, input_size, consumed_batches=step,
-                             processes=0 if config.num_workers == 0 else workers)
+                             processes=0 if config.num_workers == 0 else plan.workers)
     pixels_per_step = config.batch_size * input_size * input_size
 
     def checkpoint() -> None:
@@ -157,9 +151,7 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     while step < config.steps:
         images, masks, _ = _next_batch(batches)
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        if config.augment:  # drawn from (seed, step, rank) alone, so a resumed run augments alike
-            generator = torch.Generator().manual_seed(derived_seed(config.seed, "augment", step, context.rank))
-            images, masks = augment_pairs(images, masks, generator)
+        images, masks = augmented_for_step(config, images, masks, step, context.rank)
         learning_rate = optimizer.param_groups[0]["lr"]
         loss_sum = training_step(network, optimizer, images, masks, pixels_per_step, context.world_size, autocast)
         scheduler.step()
@@ -207,6 +199,29 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         dist.barrier()
     return TrainResult(model=model, step=step, history=history, resumed_from=resumed_from,
                        samples_per_second=samples_per_second, rank=context.rank, settings=settings)
+
+
+def training_plan(config: TrainConfig, context: distributed.Distributed) -> tuple[list[str], list[str], int,
+                                                                                StreamPlan]:
+    """(training shards, held-out shards, input size, this rank's stream plan) of a run."""
+    training, held = split_holdout(resolve_shards(config.shards, config.manifest), config.holdout_shards)
+    input_size = config.input_size or probe_image_size(training[0])
+    if input_size < 2 ** config.depth:
+        raise ConfigError(f"images of {input_size} px are too small for a U-Net of depth {config.depth}")
+    workers = loader_workers(config.num_workers, len(training), context.world_size)
+    plan = StreamPlan(tuple(training), config.seed, context.rank, context.world_size, workers,
+                      distributed.rank_batch_size(config.batch_size, context), config.shuffle_buffer)
+    return training, held, input_size, plan
+
+
+def augmented_for_step(config: TrainConfig, images: torch.Tensor, masks: torch.Tensor, step: int,
+                       rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch a step trains on: augmented when `config.augment`, the draws from (seed, step,
+    rank) alone, so a resumed run augments alike."""
+    if not config.augment:
+        return images, masks
+    generator = torch.Generator().manual_seed(derived_seed(config.seed, "augment", step, rank))
+    return augment_pairs(images, masks, generator)
 
 
 def _may_resume(state: dict[str, Any], settings: dict[str, Any], config: TrainConfig,

@@ -61,7 +61,10 @@ _PAPER = ", ".join(f"{key} {value}" for key, value in PAPER_SCHEDULE.items())
                    "refuse a folder without one or with tars it does not list (default: train.manifest). "
                    "--no-manifest takes the folder's *.tar as they are, for shards made elsewhere.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(params_path: str, paper_schedule: bool, quiet: bool, **options) -> None:
+@click.option("--preview", "preview_path", type=click.Path(dir_okay=False),
+              help="Train nothing: write a PNG contact sheet of the pairs the first step trains on (image, mask, "
+                   "overlay), augmented as the run would augment them, and exit.")
+def main(params_path: str, paper_schedule: bool, quiet: bool, preview_path: str | None, **options) -> None:
     """Train the U-Net on (image, mask) shards with pixel-wise BCE and Adam, streaming them with WebDataset.
 
     Writes MODEL_DIR/unet.pt and unet.json (rebuild with trainer.export.load_trained_model),
@@ -77,6 +80,12 @@ def main(params_path: str, paper_schedule: bool, quiet: bool, **options) -> None
         if paper_schedule:
             config = config.with_paper_schedule()
         config = TrainConfig.from_section(config.as_dict(), **options)
+        if preview_path:
+            from trainer.preview import write_training_preview
+            shown = write_training_preview(config, preview_path)
+            click.echo(f"wrote {preview_path}: the first {shown} pairs of step 0 "
+                       f"({'augmented' if config.augment else 'not augmented'}) from {config.shards}")
+            return
         train(config, progress=not quiet)
     except (ConfigError, ShardFormatError, CheckpointError, FileNotFoundError, ValueError, FolderLocked) as error:
         raise click.ClickException(str(error)) from error
