@@ -130,8 +130,7 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     autocast = partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16) if autocast_on \
         else contextlib.nullcontext
     validation = read_pairs(held, input_size, config.val_samples)[:2] if held and context.is_main else None
-    loader = training_loader(plan, input_size, consumed_batches=step,
-                             processes=0 if config.num_workers == 0 else plan.workers)
+    loader = run_loader(config, plan, input_size, consumed_batches=step)
     pixels_per_step = config.batch_size * input_size * input_size
 
     def checkpoint() -> None:
@@ -212,6 +211,12 @@ def training_plan(config: TrainConfig, context: distributed.Distributed) -> tupl
     plan = StreamPlan(tuple(training), config.seed, context.rank, context.world_size, workers,
                       distributed.rank_batch_size(config.batch_size, context), config.shuffle_buffer)
     return training, held, input_size, plan
+
+
+def run_loader(config: TrainConfig, plan: StreamPlan, input_size: int, consumed_batches: int = 0):
+    """The loader of a plan's batches, in this process when `config.num_workers` is 0."""
+    return training_loader(plan, input_size, consumed_batches=consumed_batches,
+                           processes=0 if config.num_workers == 0 else plan.workers)
 
 
 def augmented_for_step(config: TrainConfig, images: torch.Tensor, masks: torch.Tensor, step: int,

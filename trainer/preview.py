@@ -18,8 +18,7 @@ from generator.files import atomic_write_bytes
 from generator.synth.preview import contact_sheet
 from trainer import distributed
 from trainer.config import TrainConfig
-from trainer.loop import augmented_for_step, training_plan
-from trainer.shards import training_loader
+from trainer.loop import augmented_for_step, run_loader, training_plan
 
 #: pairs shown: the first this many of the batch
 PREVIEW_PAIRS = 24
@@ -32,8 +31,7 @@ def first_step_pairs(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, l
     """The batch step 0 of a single-process CPU run trains on: images in [-1, 1], masks, keys."""
     context = distributed.Distributed(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     _, _, input_size, plan = training_plan(config, context)
-    loader = training_loader(plan, input_size, processes=0 if config.num_workers == 0 else plan.workers)
-    images, masks, keys = next(iter(loader))
+    images, masks, keys = next(iter(run_loader(config, plan, input_size)))
     images, masks = augmented_for_step(config, images, masks, step=0, rank=0)
     return images, masks, list(keys)
 

@@ -139,9 +139,9 @@ def main(data, out, export_to, arch, steps, encoder_steps, minutes, encoder_shar
     click.echo(f"weights: {weights}")
 
 
-def build_settings(*, data, out, export_to=None, arch=SHIPPED_ARCHITECTURE, steps=6000, encoder_steps=1500, minutes=None,
-                   encoder_share=0.15, batch_size=None, seed=0, latent_dim=None, resolution=None, width=None,
-                   encoder_width=None, discriminator_width=None, lr_generator=None, lr_discriminator=None,
+def build_settings(*, data, out, export_to=None, arch=SHIPPED_ARCHITECTURE, steps=6000, encoder_steps=1500,
+                   minutes=None, encoder_share=0.15, batch_size=None, seed=0, latent_dim=None, resolution=None,
+                   width=None, encoder_width=None, discriminator_width=None, lr_generator=None, lr_discriminator=None,
                    device="cpu", bf16=True, compile=False, checkpoint_every=250, export_every=1000, log_every=25,
                    calibration_images=4096, bank=True) -> TrainSettings:
     """TrainSettings from command-line values; None takes the architecture's default."""
