@@ -40,6 +40,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from generator.wheels import import_from_wheels  # noqa: E402
+
+#: What gen-synth and the trainer import besides torch and numpy (module -> wheel).  A bare GPU
+#: machine may lack them: they come from the wheels carried beside the code (README, "Reproducing
+#: the paper"), data/wheels (Pillow, as for the house generator's run) and data/bench_wheels.
+NEEDED = {"PIL.Image": "pillow", "scipy.sparse": "scipy", "click": "click", "yaml": "pyyaml", "tqdm": "tqdm",
+          "braceexpand": "braceexpand", "webdataset": "webdataset"}
+try:
+    import_from_wheels(NEEDED, [ROOT / "data" / "wheels", ROOT / "data" / "bench_wheels"])
+except ImportError as error:
+    raise SystemExit(f"bench_scale: {error}")
+
 from generator.direction import Direction, DirectionError, load_direction, save_direction  # noqa: E402
 from generator.registry import build_generator  # noqa: E402
 from generator.synth.filters import FilterConfig  # noqa: E402

@@ -22,7 +22,6 @@ kept in --work.  Every file written to --out is checked against --max-file-mib.
 from __future__ import annotations
 
 import argparse
-import glob
 import importlib
 import json
 import os
@@ -33,8 +32,9 @@ import tempfile
 import time
 import traceback
 import warnings
-import zipfile
 from pathlib import Path
+
+from generator.wheels import import_from_wheels
 
 STARTED = time.monotonic()
 
@@ -46,23 +46,10 @@ def say(message: str) -> None:
 def ensure_jpeg_decoder(wheels: Path) -> str:
     """Import Pillow, unpacking a shipped wheel if needed; torchvision is the fallback."""
     try:
-        import PIL  # noqa: F401
-        return "pillow (installed)"
-    except ImportError:
-        pass
-    found = sorted(glob.glob(str(wheels / "pillow-*.whl")) + glob.glob(str(wheels / "Pillow-*.whl")))
-    if found:
-        target = Path(tempfile.mkdtemp(prefix="house-wheels-"))
-        # a wheel is a zip archive; zipfile never writes outside `target`
-        with zipfile.ZipFile(found[-1]) as archive:
-            archive.extractall(target)
-        sys.path.insert(0, str(target))
-        importlib.invalidate_caches()
-        try:
-            import PIL.Image  # noqa: F401
-            return f"pillow (from {Path(found[-1]).name})"
-        except ImportError as error:
-            say(f"the shipped wheel {found[-1]} does not import here: {error}")
+        source = import_from_wheels({"PIL.Image": "pillow"}, [wheels])["PIL.Image"]
+        return "pillow (installed)" if source == "installed" else f"pillow (from {source})"
+    except ImportError as error:
+        say(str(error))
     try:
         import torchvision.io  # noqa: F401
         return "torchvision"
