@@ -21,7 +21,8 @@ samples/s equals its candidates/s and its post-processing is that of a run keepi
 
 --trainer adds, on the last generator's shards: the loader's own ceiling (decoded pairs/s with no
 model) and the paper's U-Net step (batch 95, width 64, 128 x 128, bf16 autocast on a GPU) in
-steps/s, with the 12,000-step schedule's time extrapolated from them.
+steps/s, with the 12,000-step schedule's time extrapolated from them; with --compile (the default
+on a GPU) the same step under torch.compile, its speed-up and its compilation time.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -158,25 +160,35 @@ def bench_generator(name: str, args, folder: Path) -> list[tuple]:
     return rows
 
 
-def bench_trainer(shards: Path, args) -> list[tuple[str, str]]:
-    """The loader's ceiling on `shards`, and the paper U-Net's step rate (both as the trainer runs them)."""
+def bench_trainer(shards: Path, args) -> Iterator[tuple[str, str]]:
+    """The loader's ceiling on `shards`, and the paper U-Net's step rate (both as the trainer runs them),
+    then with --compile the same step compiled; rows come as they are measured."""
     from bench_trainer import loader_rate, step_time   # the trainer's own benchmark's measurements
     from trainer.unet import UNet
     urls = [str(p) for p in sorted(shards.glob("synth-*.tar"))]
     device = torch.device(args.device)
-    rows = []
     batch, size = args.unet_batch, args.unet_size
     for workers in sorted({2, args.loader_workers}):
         rate = loader_rate(urls, workers, batch, args.loader_batches)
-        rows.append((f"loader ceiling, {workers} workers, batch {batch} (no model)", f"{rate:.0f} samples/s"))
-    model = UNet(base_channels=64, depth=4, bilinear=True).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    seconds = step_time(model, batch, size, args.unet_steps, device, bf16=device.type == "cuda")
-    rows.append((f"paper U-Net step (batch {batch}, {size} px, width 64{', bf16' if device.type == 'cuda' else ''})",
-                 f"{1 / seconds:.2f} steps/s, {batch / seconds:.0f} samples/s"))
-    rows.append(("12,000 steps at that rate", f"{12000 * seconds / 60:.1f} min"))
-    return rows
+        yield f"loader ceiling, {workers} workers, batch {batch} (no model)", f"{rate:.0f} samples/s"
+    bf16 = device.type == "cuda"
+
+    def paper_unet() -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = UNet(base_channels=64, depth=4, bilinear=True).to(device)
+        return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+    seconds = step_time(paper_unet(), batch, size, args.unet_steps, device, bf16=bf16)
+    yield (f"paper U-Net step (batch {batch}, {size} px, width 64{', bf16' if bf16 else ''})",
+           f"{1 / seconds:.2f} steps/s, {batch / seconds:.0f} samples/s")
+    yield "12,000 steps at that rate", f"{12000 * seconds / 60:.1f} min"
+    if args.compile:
+        started = time.perf_counter()
+        compiled = step_time(torch.compile(paper_unet()), batch, size, args.unet_steps, device, bf16=bf16)
+        compiling = time.perf_counter() - started - compiled * (args.unet_steps + 1)
+        yield ("the same step, torch.compile (default mode)",
+               f"{1 / compiled:.2f} steps/s, {seconds / compiled:.2f}x; about {compiling:.0f} s to compile")
+        yield "12,000 steps compiled, compilation included", f"{(12000 * compiled + compiling) / 60:.1f} min"
 
 
 def main() -> None:
@@ -197,8 +209,12 @@ def main() -> None:
     parser.add_argument("--unet-size", type=int, default=128, help="the paper's input size")
     parser.add_argument("--house-direction", default="data/directions/direction.json",
                         help="the house generator's direction, when present (else a random one)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the U-Net step under torch.compile (default: on a GPU only)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = parser.parse_args()
+    if args.compile is None:
+        args.compile = torch.device(args.device).type == "cuda"
     if args.quick:
         args.n, args.shard_size, args.batch_size, args.seconds = 40, 20, 8, 0.5
         args.loader_workers, args.loader_batches, args.unet_steps = 1, 2, 1
