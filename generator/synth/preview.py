@@ -78,7 +78,8 @@ def main(folder: str | None, params_path: str, out_path: str, count: int, column
     """Write a contact sheet of the samples in FOLDER (default: synth.output of params.yaml).
 
     Each sample shows as three tiles: the image, its mask (white foreground) and an overlay
-    (foreground tinted red, background dimmed).
+    (foreground tinted red, background dimmed).  These are the pairs as generated; `train-unet
+    --preview` shows them as the U-Net is given them, augmented when train.augment is on.
     """
     folder_path = Path(folder or default_folder(params_path))
     if not folder_path.is_dir():
