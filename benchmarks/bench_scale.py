@@ -47,6 +47,7 @@ from generator.wheels import import_from_wheels  # noqa: E402
 #: What gen-synth and the trainer import besides torch and numpy (module -> wheel).  A bare GPU
 #: machine may lack them: they come from the wheels carried beside the code (README, "Reproducing
 #: the paper"), data/wheels (Pillow, as for the house generator's run) and data/bench_wheels.
+#: Dependencies come before the modules that import them (webdataset needs yaml and braceexpand).
 NEEDED = {"PIL.Image": "pillow", "scipy.sparse": "scipy", "click": "click", "yaml": "pyyaml", "tqdm": "tqdm",
           "braceexpand": "braceexpand", "webdataset": "webdataset"}
 try:

@@ -37,7 +37,7 @@ def _wheel_of(distribution: str, folders: list[Path]) -> Path | None:
 def import_from_wheels(modules: dict[str, str], folders: list[str | Path]) -> dict[str, str]:
     """Import each module (name -> its wheel's distribution name), from `folders`' wheels when missing.
 
-    Returns module -> "installed" or the wheel's file name.  Raises ImportError naming every module
+    Modules are imported in the order given: list a wheel's own dependencies before it.  Returns module -> "installed" or the wheel's file name.  Raises ImportError naming every module
     that neither imports nor comes from a wheel, and the wheels to ship.
     """
     folders = [Path(folder) for folder in folders]
