@@ -63,7 +63,8 @@ _PAPER = ", ".join(f"{key} {value}" for key, value in PAPER_SCHEDULE.items())
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--preview", "preview_path", type=click.Path(dir_okay=False),
               help="Train nothing: write a PNG contact sheet of the pairs the first step trains on (image, mask, "
-                   "overlay), augmented as the run would augment them, and exit.")
+                   "overlay), augmented as the run would augment them, and exit. It shows a single-process run's "
+                   "step 0 on a CPU (under torchrun each rank takes its share; a GPU draws other grain).")
 def main(params_path: str, paper_schedule: bool, quiet: bool, preview_path: str | None, **options) -> None:
     """Train the U-Net on (image, mask) shards with pixel-wise BCE and Adam, streaming them with WebDataset.
 
