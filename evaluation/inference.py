@@ -119,11 +119,14 @@ def prefetched(batches: Sequence[Batch], load: Callable[[Batch], Loaded]) -> Ite
 
 
 def predict_benchmark(benchmark: Benchmark, predictors: Sequence[Predictor], batch_size: int = 16,
-                      limit: int | None = None) -> Iterator[Prediction]:
-    """Run every predictor over the benchmark's pairs by the protocol; yields one `Prediction` per image."""
+                      limit: int | None = None, part: int = 0, parts: int = 1) -> Iterator[Prediction]:
+    """Run every predictor over the benchmark's pairs by the protocol; yields one `Prediction` per image.
+
+    With `parts` > 1, only the batches part, part + parts, ... of the plan: the parts share the
+    work out whole batches at a time, so every image's maps are those of a single run."""
     side = input_side(predictors)
     pairs = benchmark.pairs[:limit] if limit else benchmark.pairs
-    batches = [[pairs[i] for i in batch] for batch in plan_batches(pairs, side, batch_size)]
+    batches = [[pairs[i] for i in batch] for batch in plan_batches(pairs, side, batch_size)][part::parts]
 
     def load(batch: list[Pair]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(load_rgb(pair.image), benchmark.read_mask(pair)) for pair in batch]

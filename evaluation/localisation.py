@@ -136,6 +136,7 @@ class MaxBoxAcc(Metric):
     """Best box accuracy over thresholds (IoU >= 0.5 with the best ground-truth box)."""
 
     outputs = ("max_box_acc",)
+    state = ("_correct", "_count")
     #: predictions remembered with their boxes: a prediction that recurs (the centre prior at one
     #: image size) costs a hash instead of a new search
     cache_size = 8
@@ -188,6 +189,7 @@ class PxAP(Metric):
     """Area under the pixel precision-recall curve, every pixel of the data set pooled."""
 
     outputs = ("pxap",)
+    state = ("_tp", "_fp", "_foreground")
 
     def reset(self) -> None:
         self._tp = np.zeros(self.convention.n_thresholds, dtype=np.int64)

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "output": "data/eval",
     "device": "cpu",
     "threads": 1,
+    "processes": 1,
 }
 DEFAULT_INPUT_SIZE = 128
 TABLE_METRICS = ("max_f", "iou", "accuracy", "mae", "s_measure", "max_e", "max_box_acc", "pxap")
@@ -184,6 +185,10 @@ def _print_table(results: list[BenchmarkResult]) -> None:
 @click.option("--device", default=None, help="Torch device for the model: auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads on the CPU (default 1: images are decoded in a second thread meanwhile).")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Worker processes on the CPU, each predicting, refining and scoring its share of the batches "
+                   "(default 1: all in this process). Numbers differ from one process's only by the rounding of "
+                   "the sums; the same settings give the same numbers.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(params_path: str, quiet: bool, **options: Any) -> None:
     """Measure the trained saliency models and the centre-prior baseline on real benchmarks.
@@ -211,6 +216,9 @@ def main(params_path: str, quiet: bool, **options: Any) -> None:
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     torch.set_num_threads(int(settings["threads"]))
+    processes = int(settings["processes"])
+    if processes > 1 and settings["device"] != "cpu":
+        raise click.ClickException(f"--processes {processes} runs on the CPU only; the device is {settings['device']}")
     notes: list[str] = []
     predictors = _predictors(settings, notes)
     for note in notes:
@@ -243,7 +251,8 @@ def main(params_path: str, quiet: bool, **options: Any) -> None:
         try:
             results.append(evaluate_benchmark(benchmark, predictors, conventions, int(settings["batch_size"]),
                                               bool(settings["localisation"]), int(settings["examples"]),
-                                              settings["limit"], progress=not quiet, refinement=refinement))
+                                              settings["limit"], progress=not quiet, refinement=refinement,
+                                              processes=processes))
         except UnreadableImageError as error:
             raise click.ClickException(f"{layout.name}: {error}") from error
     if not results:
@@ -260,7 +269,8 @@ def main(params_path: str, quiet: bool, **options: Any) -> None:
         "benchmarks_root": str(settings["benchmarks_root"]),
         "skipped": skipped,
         "warnings": notes,
-        "settings": {key: settings[key] for key in ("batch_size", "limit", "localisation", "examples", "refinement")},
+        "settings": {key: settings[key] for key in ("batch_size", "limit", "localisation", "examples", "refinement",
+                                                    "processes")},
         "seconds": round(time.perf_counter() - start, 2),
     }
     written = write_outputs(output, results, report)

@@ -37,6 +37,9 @@ class Metric(abc.ABC):
 
     #: names of the scalars `compute` returns
     outputs: tuple[str, ...] = ()
+    #: the attributes `reset` sets and each image adds to: sums and counts, so the state of a
+    #: benchmark scored in parts is the sum of the parts' states
+    state: tuple[str, ...] = ()
 
     def __init__(self, convention: Convention | str = DEFAULT_CONVENTION) -> None:
         self.convention = get_convention(convention)
@@ -61,6 +64,15 @@ class Metric(abc.ABC):
     def curves(self) -> dict[str, np.ndarray]:
         """Per-threshold curves, for metrics that have them."""
         return {}
+
+    def state_values(self) -> dict[str, Any]:
+        """What the images added so far amount to (see `state`)."""
+        return {name: getattr(self, name) for name in self.state}
+
+    def add_state(self, values: dict[str, Any]) -> None:
+        """Add the images another instance of this metric has seen (its `state_values`)."""
+        for name in self.state:
+            setattr(self, name, getattr(self, name) + values[name])
 
     def _check_pair(self, pair: PreparedPair) -> None:
         if pair.convention is not self.convention:
@@ -97,6 +109,7 @@ class FMeasure(Metric):
     """Max, mean and adaptive F_beta (beta^2 = 0.3) and the precision-recall curve."""
 
     outputs = ("max_f", "mean_f", "adaptive_f")
+    state = ("_precision", "_recall", "_f", "_adaptive", "_count")
 
     def __init__(self, convention: Convention | str = DEFAULT_CONVENTION, beta_squared: float = BETA_SQUARED) -> None:
         self.beta_squared = beta_squared
@@ -135,6 +148,7 @@ class MAE(Metric):
     """Mean absolute error between the prediction and the binary ground truth."""
 
     outputs = ("mae",)
+    state = ("_total", "_count")
 
     def reset(self) -> None:
         self._total, self._count = 0.0, 0
@@ -152,6 +166,7 @@ class BinaryAgreement(Metric):
     """IoU and pixel accuracy of the prediction binarised at 0.5 (pred > 0.5)."""
 
     outputs = ("iou", "accuracy")
+    state = ("_iou", "_accuracy", "_count")
     threshold = 0.5
 
     def reset(self) -> None:
@@ -175,6 +190,7 @@ class SMeasure(Metric):
     """Structure measure: alpha * object score + (1 - alpha) * region score (Fan et al. 2017)."""
 
     outputs = ("s_measure",)
+    state = ("_total", "_count")
 
     def __init__(self, convention: Convention | str = DEFAULT_CONVENTION, alpha: float = 0.5) -> None:
         self.alpha = alpha
@@ -266,6 +282,7 @@ class EMeasure(Metric):
     """Max, mean and adaptive enhanced-alignment measure (Fan et al. 2018)."""
 
     outputs = ("max_e", "mean_e", "adaptive_e")
+    state = ("_curve", "_adaptive", "_count")
 
     def reset(self) -> None:
         self._curve, self._adaptive, self._count = np.zeros(self.convention.n_thresholds), 0.0, 0
@@ -330,3 +347,15 @@ class MetricSuite:
         for metric in self.metrics:
             metric.reset()
         self.count = 0
+
+    def state_values(self) -> dict[str, Any]:
+        """Every metric's state and the image count: what `add_state` of a like suite takes."""
+        return {"count": self.count, "metrics": [metric.state_values() for metric in self.metrics]}
+
+    def add_state(self, values: dict[str, Any]) -> None:
+        """Add the images a suite of the same convention and metrics has seen."""
+        if len(values["metrics"]) != len(self.metrics):
+            raise ValueError(f"a state of {len(values['metrics'])} metrics cannot join a suite of {len(self.metrics)}")
+        for metric, metric_values in zip(self.metrics, values["metrics"]):
+            metric.add_state(metric_values)
+        self.count += values["count"]

@@ -42,6 +42,9 @@ class UnreadableImageError(OSError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):  # rebuilt from both arguments when it comes back from a worker process
+        return type(self), (self.path, self.reason)
+
 
 def load_rgb(path: str | Path, exif_orientation: bool = False) -> np.ndarray:
     """Read an image file as an H x W x 3 uint8 RGB array (conversion rules in the module docstring)."""

@@ -1,0 +1,78 @@
+"""Evaluation in worker processes: each scores its share of the batches, and the sums add up."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from evaluation.conventions import get_convention
+from evaluation.metrics import MetricSuite, default_metrics
+from tests.test_eval_command import project, run  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("convention", ["paper", "toolbox"])
+def test_every_metric_names_its_whole_state(convention):
+    for metric in default_metrics(get_convention(convention), localisation=True):
+        accumulated = {name for name in vars(metric) if name.startswith("_") and not name.startswith("_cache")}
+        assert set(metric.state) == accumulated, type(metric).__name__
+
+
+@pytest.mark.parametrize("convention", ["paper", "toolbox"])
+def test_suites_of_two_halves_add_up_to_the_suite_of_all(convention):
+    rng = np.random.default_rng(4)
+    images = []
+    for _ in range(10):
+        prediction = rng.random((30, 40))
+        mask = np.zeros((30, 40), bool)
+        mask[rng.integers(0, 12):rng.integers(14, 30), rng.integers(0, 16):rng.integers(18, 40)] = True
+        images.append((prediction, mask))
+    whole, first, second = (MetricSuite(convention) for _ in range(3))
+    for index, (prediction, mask) in enumerate(images):
+        whole.update(prediction, mask)
+        (first if index < 4 else second).update(prediction, mask)
+    first.add_state(second.state_values())
+    assert first.count == whole.count == 10
+    expected, merged = whole.compute(), first.compute()
+    assert set(merged) == set(expected)
+    for name, value in expected.items():
+        assert merged[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
+    for metric, curves in whole.curves().items():
+        for name, values in curves.items():
+            np.testing.assert_allclose(first.curves()[metric][name], values, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="cannot join"):
+        MetricSuite(convention, localisation=False).add_state(whole.state_values())
+
+
+def test_processes_give_one_process_numbers_and_the_same_bytes_each_time(project, tmp_path):  # noqa: F811
+    outputs = {}
+    for name, processes in (("one", "1"), ("two", "2"), ("two_again", "2")):
+        outputs[name] = tmp_path / name
+        result = run("--params", str(project["params"]), "--processes", processes, "--refinement",
+                     "--output", str(outputs[name]))
+        assert result.exit_code == 0, result.output
+    one = json.loads((outputs["one"] / "metrics.json").read_text())
+    two = json.loads((outputs["two"] / "metrics.json").read_text())
+    assert (outputs["two"] / "metrics.json").read_bytes() == (outputs["two_again"] / "metrics.json").read_bytes()
+    assert list(two) == list(one)
+    for benchmark, conventions in one.items():
+        for convention, rows in conventions.items():
+            assert list(two[benchmark][convention]) == list(rows)
+            for row, values in rows.items():
+                for metric, value in values.items():
+                    assert two[benchmark][convention][row][metric] == pytest.approx(value, rel=1e-12, abs=1e-15)
+    for grid in ("ECSSD.png", "Mine.png"):     # the same examples, with the same maps
+        assert (outputs["two"] / "grids" / grid).read_bytes() == (outputs["one"] / "grids" / grid).read_bytes()
+    report = json.loads((outputs["two"] / "report.json").read_text())
+    assert report["settings"]["processes"] == 2 and report["benchmarks"]["ECSSD"]["evaluated"] == 3
+
+
+def test_a_worker_error_stops_the_command_with_its_message(project):  # noqa: F811
+    (project["root"] / "ECSSD" / "images" / "0002.jpg").write_bytes(b"not a jpeg")
+    messages = []
+    for processes in ("1", "2"):
+        result = run("--params", str(project["params"]), "--processes", processes)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        messages.append(result.output.strip().splitlines()[-1])
+    assert messages[0] == messages[1] and "0002.jpg" in messages[0]
