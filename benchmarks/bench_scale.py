@@ -185,7 +185,12 @@ def bench_trainer(shards: Path, args) -> Iterator[tuple[str, str]]:
     yield "12,000 steps at that rate", f"{12000 * seconds / 60:.1f} min"
     if args.compile:
         started = time.perf_counter()
-        compiled = step_time(torch.compile(paper_unet()), batch, size, args.unet_steps, device, bf16=bf16)
+        try:
+            compiled = step_time(torch.compile(paper_unet()), batch, size, args.unet_steps, device, bf16=bf16)
+        except Exception as error:  # noqa: BLE001  (no compiler on the machine, for one: the rows above stand)
+            yield "the same step, torch.compile (default mode)", f"failed: {type(error).__name__}: " + \
+                (str(error).strip().splitlines() or [""])[0][:200]
+            return
         compiling = time.perf_counter() - started - compiled * (args.unet_steps + 1)
         yield ("the same step, torch.compile (default mode)",
                f"{1 / compiled:.2f} steps/s, {seconds / compiled:.2f}x; about {compiling:.0f} s to compile")
