@@ -37,11 +37,13 @@ def _wheel_of(distribution: str, folders: list[Path]) -> Path | None:
 def import_from_wheels(modules: dict[str, str], folders: list[str | Path]) -> dict[str, str]:
     """Import each module (name -> its wheel's distribution name), from `folders`' wheels when missing.
 
-    Modules are imported in the order given: list a wheel's own dependencies before it.  Returns module -> "installed" or the wheel's file name.  Raises ImportError naming every module
-    that neither imports nor comes from a wheel, and the wheels to ship.
+    Modules are imported in the order given: list a wheel's own dependencies before it.  Returns
+    module -> "installed" or the wheel's file name.  Raises ImportError naming every module that
+    neither imports nor comes from a wheel, and the wheels to ship.
     """
     folders = [Path(folder) for folder in folders]
     sources: dict[str, str] = {}
+    problems: dict[str, str] = {}      # module -> why it could not be imported
     target: Path | None = None
     for module, distribution in modules.items():
         try:
@@ -52,6 +54,7 @@ def import_from_wheels(modules: dict[str, str], folders: list[str | Path]) -> di
             pass
         wheel = _wheel_of(distribution, folders)
         if wheel is None:
+            problems[module] = "no wheel"
             continue
         if target is None:
             target = Path(tempfile.mkdtemp(prefix="wheels-"))
@@ -63,11 +66,10 @@ def import_from_wheels(modules: dict[str, str], folders: list[str | Path]) -> di
             importlib.import_module(module)
             sources[module] = wheel.name
         except ImportError as error:
-            sources[module] = f"unusable {wheel.name}: {error}"
-    missing = {module: distribution for module, distribution in modules.items()
-               if sources.get(module, "unusable").startswith("unusable")}
-    if missing:
-        details = "; ".join(f"{module} ({sources.get(module, 'no wheel')})" for module in missing)
+            problems[module] = f"unusable {wheel.name}: {error}"
+    if problems:
+        details = "; ".join(f"{module} ({problem})" for module, problem in problems.items())
+        wanted = sorted({modules[module] for module in problems})
         raise ImportError(f"missing here: {details}. Ship these wheels for this machine's Python in "
-                          f"{', '.join(map(str, folders))}: {', '.join(sorted(set(missing.values())))}")
+                          f"{', '.join(map(str, folders))}: {', '.join(wanted)}")
     return sources

@@ -45,7 +45,8 @@ def test_a_missing_module_comes_from_its_wheel(tmp_path):
 def test_the_newest_wheel_for_this_python_is_taken_and_others_left(tmp_path):
     write_wheel(tmp_path, "wheeltest_three-1.0-py3-none-any.whl", {"wheeltest_three.py": "VALUE = 1\n"})
     write_wheel(tmp_path, "wheeltest_three-1.1-py3-none-any.whl", {"wheeltest_three.py": "VALUE = 11\n"})
-    write_wheel(tmp_path, "wheeltest_three-9.0-cp27-cp27mu-manylinux1_x86_64.whl", {"wheeltest_three.py": "VALUE = 9\n"})
+    write_wheel(tmp_path, "wheeltest_three-9.0-cp27-cp27mu-manylinux1_x86_64.whl",
+                {"wheeltest_three.py": "VALUE = 9\n"})
     assert import_from_wheels({"wheeltest_three": "wheeltest_three"}, [tmp_path])["wheeltest_three"].startswith(
         "wheeltest_three-1.1-")
     import wheeltest_three
