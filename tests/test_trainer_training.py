@@ -69,11 +69,13 @@ def test_a_tiny_run_learns_the_discs_and_writes_model_curves_and_summary(disc_sh
     assert summary["steps"] == 30 and summary["val_iou"] == pytest.approx(validation[-1]["iou"])
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_resume_repeats_the_uninterrupted_run(disc_shards, tmp_path, augment):
-    def config(folder, steps):  # two loader processes; lr decays after step 8, in the resumed part
+@pytest.mark.parametrize("augment, log_every", [(False, 1), (True, 1), (False, 3)])
+def test_resume_repeats_the_uninterrupted_run(disc_shards, tmp_path, augment, log_every):
+    # Two loader processes; lr decays after step 8, in the resumed part.  With log_every 3 the losses
+    # are read from the device once per row and at each checkpoint (4 falls inside a row), not every step.
+    def config(folder, steps):
         return tiny_config(disc_shards, folder, steps=steps, checkpoint_every=4, val_every=4, base_channels=4,
-                           lr_decay_step=8, batch_size=4, num_workers=2, augment=augment)
+                           lr_decay_step=8, batch_size=4, num_workers=2, augment=augment, log_every=log_every)
 
     uninterrupted = train(config(tmp_path / "a", 14), progress=False)
     first = train(config(tmp_path / "b", 6), progress=False)  # stops between two checkpoints
@@ -225,6 +227,8 @@ def test_a_run_resumes_on_the_gpu_and_a_gpu_checkpoint_on_the_cpu(disc_shards, t
     assert resumed.resumed_from == 3
     expected = [row["loss"] for row in uninterrupted.history["train"]]
     assert [row["loss"] for row in resumed.history["train"]] == pytest.approx(expected, rel=1e-4)
+    convolution = next(weights for weights in resumed.model.parameters() if weights.dim() == 4)
+    assert convolution.is_cuda and convolution.is_contiguous(memory_format=torch.channels_last)
     on_cpu = train(tiny_config(disc_shards, tmp_path / "b", steps=8, device="cpu"), progress=False)
     assert on_cpu.resumed_from == 6
 

@@ -70,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = False            # mirror pairs; vary colour, blur and grain (trainer/augment.py)
     bf16: bool = True                # bf16 autocast, used on CUDA only
+    compile: bool = False            # train through torch.compile (needs a C++ compiler; pays on a GPU if at all)
     threads: int | None = None       # torch CPU threads per process (None: torch's default)
     device: str = "auto"             # auto, cpu, cuda (cuda:LOCAL_RANK under torchrun) or cuda:N
     # Bookkeeping.
@@ -101,7 +102,7 @@ class TrainConfig:
             raise ConfigError(f"train.lr_decay_step must be null or a positive integer, got {self.lr_decay_step!r}")
         if not isinstance(self.lr_decay_factor, (int, float)) or not self.lr_decay_factor > 0:
             raise ConfigError(f"train.lr_decay_factor must be a positive number, got {self.lr_decay_factor!r}")
-        for name in ("manifest", "bf16", "bilinear", "resume", "augment"):
+        for name in ("manifest", "bf16", "compile", "bilinear", "resume", "augment"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.device, str) or not self.device:

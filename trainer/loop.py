@@ -10,8 +10,8 @@ A run resumed from a checkpoint with the same run record repeats the uninterrupt
 exactly: model, optimiser, scheduler and RNG states are restored and the data stream restarts at
 its position (trainer/shards.py).  The record holds what shapes the weights (data checksums,
 network, schedule, seed), not how often the run logs or validates, nor how many processes or
-loader workers it uses, nor bf16: changing those resumes too (the data order after the resume
-then follows the new layout).  A checkpoint with another record is refused, naming the keys that
+loader workers it uses, nor bf16 or compilation: changing those resumes too (the data order after
+the resume then follows the new layout).  A checkpoint with another record is refused, naming the keys that
 differ, and kept, unless it is a finished run's (its model was exported) or `resume` is off.
 """
 
@@ -105,7 +105,10 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     }
 
     torch.manual_seed(config.seed)
-    model = UNet(3, config.base_channels, config.depth, config.bilinear).to(device)
+    # On a GPU, channels_last lets cuDNN run its fastest (NHWC) bf16 convolutions; a CPU keeps
+    # the default layout, so CPU runs are unchanged.
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = UNet(3, config.base_channels, config.depth, config.bilinear).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     milestones = [config.lr_decay_step] if config.lr_decay_step else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_decay_factor)
@@ -127,11 +130,27 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     _check_ranks_agree(step, context)
 
     network = wrap_for_ranks(model, context)
+    if config.compile:
+        network = torch.compile(network)
     autocast = partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16) if autocast_on \
         else contextlib.nullcontext
     validation = read_pairs(held, input_size, config.val_samples)[:2] if held and context.is_main else None
-    loader = run_loader(config, plan, input_size, consumed_batches=step)
+    # Pinned batches let the copy to a GPU overlap the step in flight.
+    loader = run_loader(config, plan, input_size, consumed_batches=step, pin_memory=device.type == "cuda")
     pixels_per_step = config.batch_size * input_size * input_size
+    unread: list[torch.Tensor] = []  # the BCE sums of steps whose loss is still on the device
+    last_loss: float | None = None
+
+    def read_losses() -> None:
+        """Bring the unread steps' losses to `pending`: one wait for the device per call, not one
+        per step, so the GPU is never left idle while this process reads a number."""
+        nonlocal pending, last_loss
+        if not unread:
+            return
+        for loss_sum in distributed.all_sum(torch.stack(unread), context).tolist():
+            last_loss = loss_sum / pixels_per_step
+            pending = {"loss_sum": pending["loss_sum"] + last_loss, "steps": pending["steps"] + 1}
+        unread.clear()
 
     def checkpoint() -> None:
         save_checkpoint({
@@ -151,23 +170,25 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         images, masks, _ = _next_batch(batches)
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         images, masks = augmented_for_step(config, images, masks, step, context.rank)
+        images = images.contiguous(memory_format=memory_format)
         learning_rate = optimizer.param_groups[0]["lr"]
-        loss_sum = training_step(network, optimizer, images, masks, pixels_per_step, context.world_size, autocast)
+        unread.append(training_step(network, optimizer, images, masks, pixels_per_step, context.world_size, autocast))
         scheduler.step()
         step += 1
-        step_loss = distributed.all_sum(loss_sum.detach(), context).item() / pixels_per_step
-        pending = {"loss_sum": pending["loss_sum"] + step_loss, "steps": pending["steps"] + 1}
-        if step % config.log_every == 0 or step == config.steps:
+        last_step = step == config.steps
+        if step % config.log_every == 0 or step % config.checkpoint_every == 0 or last_step:
+            read_losses()  # on every rank alike: with several, it is a collective
+        if step % config.log_every == 0 or last_step:
             history["train"].append({"step": step, "loss": pending["loss_sum"] / pending["steps"],
                                      "lr": learning_rate})
             pending = {"loss_sum": 0.0, "steps": 0}
         if validation is not None and (step % config.val_every == 0 or step == config.steps):
             scores = validation_scores(model, *validation, batch_size=config.batch_size, autocast=autocast)
             history["val"].append({"step": step, **scores})
-        if context.is_main and (step % config.checkpoint_every == 0 or step == config.steps):
+        if context.is_main and (step % config.checkpoint_every == 0 or last_step):
             checkpoint()
         rate = (step - start_step) * config.batch_size / max(time.perf_counter() - started, 1e-9)
-        shown = {"loss": f"{step_loss:.4f}", "samples/s": f"{rate:.1f}"}
+        shown = {"loss": "..." if last_loss is None else f"{last_loss:.4f}", "samples/s": f"{rate:.1f}"}
         if history["val"]:
             shown["val_iou"] = f"{history['val'][-1]['iou']:.3f}"
         bar.set_postfix(shown, refresh=False)
@@ -213,10 +234,11 @@ def training_plan(config: TrainConfig, context: distributed.Distributed) -> tupl
     return training, held, input_size, plan
 
 
-def run_loader(config: TrainConfig, plan: StreamPlan, input_size: int, consumed_batches: int = 0):
+def run_loader(config: TrainConfig, plan: StreamPlan, input_size: int, consumed_batches: int = 0,
+               pin_memory: bool = False):
     """The loader of a plan's batches, in this process when `config.num_workers` is 0."""
     return training_loader(plan, input_size, consumed_batches=consumed_batches,
-                           processes=0 if config.num_workers == 0 else plan.workers)
+                           processes=0 if config.num_workers == 0 else plan.workers, pin_memory=pin_memory)
 
 
 def augmented_for_step(config: TrainConfig, images: torch.Tensor, masks: torch.Tensor, step: int,

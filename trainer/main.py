@@ -42,6 +42,10 @@ _PAPER = ", ".join(f"{key} {value}" for key, value in PAPER_SCHEDULE.items())
               help="Mirror pairs and vary colour, blur and grain of the images (trainer/augment.py), so the "
                    "U-Net cannot lean on the generator's colours and textures.")
 @click.option("--num-workers", type=click.IntRange(min=0), help="Loader processes per training process.")
+@click.option("--compile/--no-compile", "compile_model", default=None,
+              help="Train through torch.compile (default: train.compile). It needs a C++ compiler and spends "
+                   "a minute or more compiling first; it can pay on a GPU, rarely on a CPU "
+                   "(benchmarks/bench_scale.py times both).")
 @click.option("--seed", type=int, help="Seed of the weights' initialisation and of the data order.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads per process (default: torch's).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), help="Steps between checkpoints.")
@@ -65,7 +69,8 @@ _PAPER = ", ".join(f"{key} {value}" for key, value in PAPER_SCHEDULE.items())
               help="Train nothing: write a PNG contact sheet of the pairs the first step trains on (image, mask, "
                    "overlay), augmented as the run would augment them, and exit. It shows a single-process run's "
                    "step 0 on a CPU (under torchrun each rank takes its share; a GPU draws other grain).")
-def main(params_path: str, paper_schedule: bool, quiet: bool, preview_path: str | None, **options) -> None:
+def main(params_path: str, paper_schedule: bool, quiet: bool, preview_path: str | None, compile_model: bool | None,
+         **options) -> None:
     """Train the U-Net on (image, mask) shards with pixel-wise BCE and Adam, streaming them with WebDataset.
 
     Writes MODEL_DIR/unet.pt and unet.json (rebuild with trainer.export.load_trained_model),
@@ -80,7 +85,7 @@ def main(params_path: str, paper_schedule: bool, quiet: bool, preview_path: str 
         config = TrainConfig.from_section(section)
         if paper_schedule:
             config = config.with_paper_schedule()
-        config = TrainConfig.from_section(config.as_dict(), **options)
+        config = TrainConfig.from_section(config.as_dict(), compile=compile_model, **options)
         if preview_path:
             from trainer.preview import write_training_preview
             shown = write_training_preview(config, preview_path)
@@ -90,6 +95,18 @@ def main(params_path: str, paper_schedule: bool, quiet: bool, preview_path: str 
         train(config, progress=not quiet)
     except (ConfigError, ShardFormatError, CheckpointError, FileNotFoundError, ValueError, FolderLocked) as error:
         raise click.ClickException(str(error)) from error
+    except RuntimeError as error:
+        if not _compilation_failed(error):
+            raise
+        reason = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise click.ClickException(f"torch.compile failed: {reason}\n"
+                                   f"Train without it: --no-compile (train.compile: false).") from error
+
+
+def _compilation_failed(error: BaseException) -> bool:
+    """Whether `error` is torch.compile's own (no C++ compiler, an unsupported operation)."""
+    from torch._dynamo.exc import TorchDynamoException
+    return isinstance(error, TorchDynamoException)
 
 
 if __name__ == "__main__":

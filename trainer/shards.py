@@ -221,14 +221,15 @@ def _quiet_worker(_: int) -> None:
 
 
 def training_loader(plan: StreamPlan, input_size: int | None, consumed_batches: int = 0,
-                    processes: int | None = None) -> DataLoader:
-    """A loader of this rank's batches; `processes` 0 loads in the calling process."""
+                    processes: int | None = None, pin_memory: bool = False) -> DataLoader:
+    """A loader of this rank's batches; `processes` 0 loads in the calling process.  `pin_memory`
+    hands batches over in page-locked memory (for a GPU: its copies can then run asynchronously)."""
     processes = plan.workers if processes is None else processes
     if processes not in (0, plan.workers) or (processes == 0 and plan.workers != 1):
         raise ValueError(f"a plan for {plan.workers} worker(s) needs 0 (with one worker) or {plan.workers} processes")
     return DataLoader(TrainingStream(plan, input_size, consumed_batches), batch_size=plan.batch_size,
                       num_workers=processes, worker_init_fn=_quiet_worker if processes else None,
-                      persistent_workers=False, prefetch_factor=4 if processes else None)
+                      persistent_workers=False, prefetch_factor=4 if processes else None, pin_memory=pin_memory)
 
 
 def read_pairs(urls: list[str], input_size: int | None, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
