@@ -19,16 +19,21 @@ chosen so about a quarter of the pixels move, and its runs keep every candidate 
 test, size bounds 0 to 1: random weights draw no object the paper's filters would pass), so its
 samples/s equals its candidates/s and its post-processing is that of a run keeping everything.
 
---trainer adds, on the last generator's shards: the loader's own ceiling (decoded pairs/s with no
-model) and the paper's U-Net step (batch 95, width 64, 128 x 128, bf16 autocast on a GPU) in
-steps/s, with the 12,000-step schedule's time extrapolated from them; with --compile (the default
-on a GPU) the same step under torch.compile, its speed-up and its compilation time.
+--trainer adds, on the standin's shards when it ran (128 px, BigBiGAN's size), else the last
+generator's: the loader's own ceiling (decoded pairs/s with no model); the paper U-Net step's
+ceiling (batch 95, width 64, 128 x 128, random data already on the device); then train-unet's own
+loop (trainer.loop.train, the paper's network and batch; on a GPU bf16, channels_last and pinned
+batches) for --unet-steps steps from the shards with --loader-workers processes: its steady
+steps/s and samples/s (after the first fifth of the steps, which holds the start-up), the start-up
+time and the 12,000-step schedule's time at that rate; with --compile (the default on a GPU) the
+same loop under torch.compile (train.compile), its speed-up and its start-up, compilation included.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import sys
 import tempfile
@@ -161,10 +166,12 @@ def bench_generator(name: str, args, folder: Path) -> list[tuple]:
     return rows
 
 
-def bench_trainer(shards: Path, args) -> Iterator[tuple[str, str]]:
-    """The loader's ceiling on `shards`, and the paper U-Net's step rate (both as the trainer runs them),
-    then with --compile the same step compiled; rows come as they are measured."""
+def bench_trainer(shards: Path, args, folder: Path) -> Iterator[tuple[str, str]]:
+    """The loader's ceiling on `shards`, the paper U-Net step's ceiling (no loader), then
+    train-unet's own loop on the shards (plain, and compiled with --compile); rows come as they are
+    measured, so a run cut short still shows what it reached."""
     from bench_trainer import loader_rate, step_time   # the trainer's own benchmark's measurements
+    from trainer.shards import loader_workers
     from trainer.unet import UNet
     urls = [str(p) for p in sorted(shards.glob("synth-*.tar"))]
     device = torch.device(args.device)
@@ -173,28 +180,47 @@ def bench_trainer(shards: Path, args) -> Iterator[tuple[str, str]]:
         rate = loader_rate(urls, workers, batch, args.loader_batches)
         yield f"loader ceiling, {workers} workers, batch {batch} (no model)", f"{rate:.0f} samples/s"
     bf16 = device.type == "cuda"
-
-    def paper_unet() -> torch.nn.Module:
-        torch.manual_seed(0)
-        model = UNet(base_channels=64, depth=4, bilinear=True).to(device)
-        return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-
-    seconds = step_time(paper_unet(), batch, size, args.unet_steps, device, bf16=bf16)
-    yield (f"paper U-Net step (batch {batch}, {size} px, width 64{', bf16' if bf16 else ''})",
+    torch.manual_seed(0)
+    model = UNet(base_channels=64, depth=4, bilinear=True).to(device)
+    model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+    seconds = step_time(model, batch, size, args.unet_steps, device, bf16=bf16)
+    del model
+    yield ("U-Net step ceiling (random data on the device, no loader)",
            f"{1 / seconds:.2f} steps/s, {batch / seconds:.0f} samples/s")
-    yield "12,000 steps at that rate", f"{12000 * seconds / 60:.1f} min"
-    if args.compile:
-        started = time.perf_counter()
+    plain, workers = None, loader_workers(args.loader_workers, len(urls), 1)   # at most one per shard
+    for compiled in [False, True] if args.compile else [False]:
+        label = f"train-unet loop, {workers} loader workers{', torch.compile' if compiled else ''}"
         try:
-            compiled = step_time(torch.compile(paper_unet()), batch, size, args.unet_steps, device, bf16=bf16)
+            result = trainer_run(shards, args, compiled, folder / f"train-{'compiled' if compiled else 'plain'}")
         except Exception as error:  # noqa: BLE001  (no compiler on the machine, for one: the rows above stand)
-            yield "the same step, torch.compile (default mode)", f"failed: {type(error).__name__}: " + \
-                (str(error).strip().splitlines() or [""])[0][:200]
+            yield label, f"failed: {type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0][:200]
             return
-        compiling = time.perf_counter() - started - compiled * (args.unet_steps + 1)
-        yield ("the same step, torch.compile (default mode)",
-               f"{1 / compiled:.2f} steps/s, {seconds / compiled:.2f}x; about {compiling:.0f} s to compile")
-        yield "12,000 steps compiled, compilation included", f"{(12000 * compiled + compiling) / 60:.1f} min"
+        steady = result.steady_samples_per_second
+        if steady is None:
+            yield label, "too few steps for a steady rate (give --unet-steps 10 or more)"
+            continue
+        start_up = args.unet_steps * batch / result.samples_per_second - args.unet_steps * batch / steady
+        versus = f", {steady / plain:.2f}x plain" if compiled and plain else ""
+        yield label, (f"{steady / batch:.2f} steps/s, {steady:.0f} samples/s{versus}; start-up about "
+                      f"{start_up:.0f} s")
+        yield (f"  the paper's 12,000 steps at that rate{', start-up included' if compiled else ''}",
+               f"{(12000 * batch / steady + (start_up if compiled else 0)) / 60:.1f} min")
+        plain = plain or steady
+
+
+def trainer_run(shards: Path, args, compiled: bool, folder: Path):
+    """train-unet's loop (trainer.loop.train) for --unet-steps of the paper's U-Net and batch on
+    the shards, as a GPU run trains: bf16, channels_last, pinned batches, --loader-workers."""
+    from trainer.config import TrainConfig
+    from trainer.loop import train
+    steps = args.unet_steps
+    config = dataclasses.replace(
+        TrainConfig().with_paper_schedule(), shards=str(shards), holdout_shards=0, input_size=args.unet_size,
+        batch_size=args.unet_batch, steps=steps, lr_decay_step=None, num_workers=args.loader_workers,
+        log_every=max(1, steps // 5), val_every=steps, checkpoint_every=steps, device=args.device, compile=compiled,
+        resume=False, checkpoint_dir=str(folder / "checkpoints"), model_dir=str(folder / "model"),
+        plots_dir=str(folder / "plots"))
+    return train(config, progress=False, log=lambda message: None)
 
 
 def main() -> None:
@@ -216,14 +242,14 @@ def main() -> None:
     parser.add_argument("--house-direction", default="data/directions/direction.json",
                         help="the house generator's direction, when present (else a random one)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time the U-Net step under torch.compile (default: on a GPU only)")
+                        help="also time train-unet's loop under torch.compile (default: on a GPU only)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = parser.parse_args()
     if args.compile is None:
         args.compile = torch.device(args.device).type == "cuda"
     if args.quick:
         args.n, args.shard_size, args.batch_size, args.seconds = 40, 20, 8, 0.5
-        args.loader_workers, args.loader_batches, args.unet_steps = 1, 2, 1
+        args.loader_workers, args.loader_batches, args.unet_steps = 1, 2, 2
         args.unet_batch, args.unet_size = 2, 32
     generators = args.generator or ["house"]
     with tempfile.TemporaryDirectory() as temporary:
@@ -239,8 +265,10 @@ def main() -> None:
                 print(f"{generator:<10} {label:<10} {workers:>5} {candidates:>13.1f} {kept:>10} "
                       f"{100 * candidates / forward:>9.0f}%", flush=True)
         if args.trainer:
-            shards = folder / f"{generators[-1]}-pipeline"
-            for label, value in bench_trainer(shards, args):
+            # BigBiGAN's size (the standin's 128 px shards) when it ran: the production run's decode cost.
+            source = "standin" if "standin" in generators else generators[-1]
+            shards = folder / f"{source}-pipeline"
+            for label, value in bench_trainer(shards, args, folder):
                 print(f"{label:<55} {value}", flush=True)
 
 

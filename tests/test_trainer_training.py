@@ -47,6 +47,7 @@ def test_a_tiny_run_learns_the_discs_and_writes_model_curves_and_summary(disc_sh
     result = train(tiny_config(disc_shards, tmp_path), progress=False)
     losses = [row["loss"] for row in result.history["train"]]
     assert len(losses) == 30 and result.step == 30
+    assert result.steady_samples_per_second > 0 and result.samples_per_second > 0
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     # lr is multiplied by 0.2 after 25 steps: step 26 is the first at the lower rate
     assert [row["lr"] for row in result.history["train"]][23:27] == pytest.approx([5e-3, 5e-3, 1e-3, 1e-3])

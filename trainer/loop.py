@@ -53,7 +53,8 @@ class TrainResult:
     step: int
     history: dict[str, list[dict[str, Any]]]
     resumed_from: int | None
-    samples_per_second: float
+    samples_per_second: float        # over the whole call, start-up included
+    steady_samples_per_second: float | None = None  # after the call's first logged row: without start-up
     rank: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -164,6 +165,10 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (progress and context.is_main), file=sys.stderr)
     started, start_step = time.perf_counter(), step
+    # The steady rate leaves out the first row of steps, which holds the start-up: loader processes
+    # filling their shuffle buffers, cuDNN choosing kernels, compilation.
+    steady_from: tuple[float, int] | None = None
+    steady_until: tuple[float, int] | None = None   # the last row's (time, step)
     model.train()
     batches = iter(loader)
     while step < config.steps:
@@ -179,6 +184,9 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         if step % config.log_every == 0 or step % config.checkpoint_every == 0 or last_step:
             read_losses()  # on every rank alike: with several, it is a collective
         if step % config.log_every == 0 or last_step:
+            # The losses were just read, so the device has finished these steps.
+            steady_until = (time.perf_counter(), step)
+            steady_from = steady_from or steady_until
             history["train"].append({"step": step, "loss": pending["loss_sum"] / pending["steps"],
                                      "lr": learning_rate})
             pending = {"loss_sum": 0.0, "steps": 0}
@@ -197,6 +205,9 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
     del batches
     elapsed = time.perf_counter() - started
     samples_per_second = (step - start_step) * config.batch_size / elapsed if step > start_step else 0.0
+    steady = None
+    if steady_from is not None and steady_until is not None and steady_until[1] > steady_from[1]:
+        steady = (steady_until[1] - steady_from[1]) * config.batch_size / (steady_until[0] - steady_from[0])
 
     if context.is_main:
         write_curves(history, config.plots_dir)
@@ -214,11 +225,13 @@ def _train(config: TrainConfig, context: distributed.Distributed, progress: bool
         write_summary({"steps": step, "train_loss": record["final_train_loss"],
                        **{f"val_{key}": value for key, value in record["validation"].items() if key != "step"}},
                       config.plots_dir)
-        log(f"trained {step} steps; model in {config.model_dir}, curves in {config.plots_dir}")
+        speed = f" ({steady:.1f} samples/s after the first {steady_from[1] - start_step} steps)" if steady else ""
+        log(f"trained {step} steps{speed}; model in {config.model_dir}, curves in {config.plots_dir}")
     if context.active:
         dist.barrier()
     return TrainResult(model=model, step=step, history=history, resumed_from=resumed_from,
-                       samples_per_second=samples_per_second, rank=context.rank, settings=settings)
+                       samples_per_second=samples_per_second, steady_samples_per_second=steady,
+                       rank=context.rank, settings=settings)
 
 
 def training_plan(config: TrainConfig, context: distributed.Distributed) -> tuple[list[str], list[str], int,
