@@ -66,6 +66,13 @@ def test_save_load_round_trip_gives_the_same_function(tmp_path):
         assert torch.equal(loaded(images), model.eval()(images))
 
 
+def test_weights_trained_in_channels_last_are_saved_as_the_same_bytes(tmp_path):
+    model = UNet(base_channels=4, depth=2)
+    save_trained_model(model, {"input_size": 8}, tmp_path / "plain")
+    save_trained_model(model.to(memory_format=torch.channels_last), {"input_size": 8}, tmp_path / "nhwc")
+    assert (tmp_path / "plain" / "unet.pt").read_bytes() == (tmp_path / "nhwc" / "unet.pt").read_bytes()
+
+
 def test_weights_file_holding_arbitrary_objects_is_refused(tmp_path, capsys):
     model = UNet(base_channels=4, depth=1)
     save_trained_model(model, {"input_size": 8}, tmp_path)

@@ -54,7 +54,9 @@ def save_trained_model(model: nn.Module, config: dict[str, Any], folder: str | P
     folder.mkdir(parents=True, exist_ok=True)
     record = {"format_version": FORMAT_VERSION, "input_range": [-1.0, 1.0], "output": "logits",
               **dict(config), **model.architecture}
-    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    # Contiguous whatever the layout it trained in (channels_last on a GPU): the file is the same either way.
+    state = {name: tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+             for name, tensor in model.state_dict().items()}
     atomic_write_bytes(folder / WEIGHTS_NAME, serialized(state))
     atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return record
