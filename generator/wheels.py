@@ -5,12 +5,15 @@ A GPU machine may hold only Python and torch.  A run that needs more carries the
 `import_from_wheels` before importing the project: each module that does not import is taken
 from its wheel, unpacked into one private folder put at the front of `sys.path`.  A wheel is a
 zip archive laid out as an installed package, so unpacking is installing; `zipfile` never writes
-outside the folder.  Standard library only: it must run before anything else can be imported.
+outside the folder, and the folder is removed when the process exits.  Standard library only: it
+must run before anything else can be imported.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -59,6 +62,8 @@ def import_from_wheels(modules: dict[str, str], folders: list[str | Path]) -> di
         if target is None:
             target = Path(tempfile.mkdtemp(prefix="wheels-"))
             sys.path.insert(0, str(target))
+            # Child processes (spawned or forked) never run this: only the process that unpacked it.
+            atexit.register(shutil.rmtree, target, ignore_errors=True)
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(target)
         importlib.invalidate_caches()

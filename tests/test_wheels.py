@@ -1,7 +1,9 @@
 """Modules from shipped wheels: what a bare GPU machine imports the benchmark's dependencies from."""
 
+import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +85,14 @@ def test_a_wheel_never_writes_outside_its_folder(tmp_path):
 ])
 def test_the_python_tag_decides_which_wheels_fit(name, fits):
     assert fits_this_python(name) is fits
+
+
+def test_the_unpacked_folder_is_removed_when_the_process_exits(tmp_path):
+    write_wheel(tmp_path, "wheeltest_six-1.0-py3-none-any.whl", {"wheeltest_six.py": "VALUE = 6\n"})
+    script = (f"from generator.wheels import import_from_wheels; "
+              f"import_from_wheels({{'wheeltest_six': 'wheeltest_six'}}, [{str(tmp_path)!r}]); "
+              f"import wheeltest_six; print(wheeltest_six.__file__)")
+    root = Path(__file__).resolve().parents[1]
+    printed = subprocess.run([sys.executable, "-c", script], cwd=root, check=True, capture_output=True, text=True)
+    unpacked = Path(printed.stdout.strip()).parent
+    assert unpacked.name.startswith("wheels-") and not unpacked.exists()
