@@ -4,9 +4,11 @@
     python benchmarks/bench_segment.py --model data/model --limit 200 --threads 1 2
 
 Rows:
-  segment-images  the command itself (in process, fresh output folder, probability maps), once per
-                  --threads value: photos/s over wall time, and CPU seconds per photo (process time,
-                  both threads: inference and decoding)
+  segment-images  the command itself (in process, fresh output folder, probability maps; with
+                  --refine refined), once per --threads value (one process) and once per --processes
+                  value (one thread each): photos/s over wall time, its ratio to the first row, and
+                  for one process CPU seconds per photo (process time, both threads: inference and
+                  decoding; worker processes are not this process's children, so not for them)
   latency         one photo with a 128-px shorter side (the first ECSSD photo resized, 128 x W),
                   the U-Net forward + sigmoid in PyTorch and in ONNX Runtime (CPU provider), each
                   with 1 thread, calls interleaved, median and spread of --repeats runs after warm-up;
@@ -37,7 +39,8 @@ from trainer.onnx_export import INPUT_NAME, ProbabilityUNet, export_onnx_bytes  
 from trainer.unet import UNet  # noqa: E402
 
 
-def bench_segment(images: Path, model: Path, threads: int, limit: int | None, batch_size: int) -> dict:
+def bench_segment(images: Path, model: Path, threads: int, limit: int | None, batch_size: int,
+                  processes: int = 1, refine: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         source = images
         if limit:
@@ -48,7 +51,8 @@ def bench_segment(images: Path, model: Path, threads: int, limit: int | None, ba
         output = Path(scratch) / "masks"
         wall, cpu = time.perf_counter(), time.process_time()
         result = CliRunner().invoke(segment_images, [str(source), str(output), "--model", str(model), "--quiet",
-                                                     "--threads", str(threads), "--batch-size", str(batch_size)])
+                                                     "--threads", str(threads), "--batch-size", str(batch_size),
+                                                     "--processes", str(processes)] + (["--refine"] if refine else []))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         if result.exit_code != 0:
             raise SystemExit(f"segment-images failed: {result.output}")
@@ -91,6 +95,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="trained-model folder (default: as segment-images)")
     parser.add_argument("--limit", type=int, default=None, help="first N photos only")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads, one row each")
+    parser.add_argument("--processes", type=int, nargs="+", default=[2],
+                        help="worker processes (one thread each), one row each")
+    parser.add_argument("--refine", action="store_true", help="segment with --refine")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=30, help="latency runs per engine (median reported)")
     parser.add_argument("--skip-segment", action="store_true", help="only the latency rows")
@@ -105,11 +112,15 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} default threads")
 
     if not args.skip_segment:
-        print(f"\n{'segment-images':16s} {'threads':>7s} {'photos':>7s} {'wall s':>8s} {'photos/s':>9s} {'CPU s/photo':>12s}")
-        for threads in args.threads:
-            row = bench_segment(images, model, threads, args.limit, args.batch_size)
-            print(f"{'':16s} {threads:7d} {row['photos']:7d} {row['wall_s']:8.1f} {row['photos_per_s']:9.1f} "
-                  f"{row['cpu_s_per_photo']:12.4f}")
+        print(f"\n{'segment-images':16s} {'threads':>7s} {'procs':>5s} {'photos':>7s} {'wall s':>8s} {'photos/s':>9s} "
+              f"{'x first':>7s} {'CPU s/photo':>12s}{'  (refined)' if args.refine else ''}")
+        first = None
+        for threads, processes in [(t, 1) for t in args.threads] + [(1, p) for p in args.processes if p > 1]:
+            row = bench_segment(images, model, threads, args.limit, args.batch_size, processes, args.refine)
+            first = first or row["photos_per_s"]
+            cpu = f"{row['cpu_s_per_photo']:12.4f}" if processes == 1 else f"{'-':>12s}"
+            print(f"{'':16s} {threads:7d} {processes:5d} {row['photos']:7d} {row['wall_s']:8.1f} "
+                  f"{row['photos_per_s']:9.1f} {row['photos_per_s'] / first:7.2f} {cpu}", flush=True)
 
     torch.set_num_threads(1)
     photo = sorted(images.glob("*.jpg"))[0]

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import multiprocessing.connection
-import os
 import time
-import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -20,6 +14,7 @@ from evaluation.conventions import Convention, get_convention
 from evaluation.datasets import Benchmark
 from evaluation.inference import Prediction, predict_benchmark
 from evaluation.metrics import MetricSuite
+from evaluation.parallel import run_parts
 from evaluation.predictors import Predictor
 
 
@@ -98,7 +93,7 @@ def evaluate_benchmark(benchmark: Benchmark, predictors: Sequence[Predictor], co
             kept_by_part = [work.score(0, 1, suites, lambda: bar.update(1))]
         else:
             kept_by_part = []
-            for states, part_kept in _score_in_processes(work, processes, bar):
+            for states, part_kept in run_parts(_score_part, work, processes, bar, "evaluation"):
                 for key, state in states.items():
                     suites[key].add_state(state)
                 kept_by_part.append(part_kept)
@@ -162,80 +157,8 @@ class _Work:
         return kept
 
 
-def _score_part(work: _Work, part: int, parts: int, threads: int, done: Any, connection: Any) -> None:
-    """A worker process: score one part into suites of its own, send back their states and examples."""
-    try:
-        torch.set_num_threads(threads)
-        suites = _suites(work.conventions, work.rows, work.localisation)
-
-        def tick() -> None:
-            with done.get_lock():
-                done.value += 1
-
-        kept = work.score(part, parts, suites, tick)
-        connection.send(("ok", ({key: suite.state_values() for key, suite in suites.items()}, kept)))
-    except BaseException as error:  # noqa: BLE001  (the parent re-raises it)
-        try:
-            connection.send(("error", error))
-        except Exception:  # noqa: BLE001  (an exception that does not pickle)
-            connection.send(("error", RuntimeError(traceback.format_exc())))
-    finally:
-        connection.close()
-
-
-#: thread pools of the numerical libraries: one thread each in a worker, unless the user set them.
-#: With its own pool in every worker the refinement's solver oversubscribes the cores: two
-#: workers on 2 cores took 1.3 times as long as one process, instead of half.
-LIBRARY_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@contextlib.contextmanager
-def _one_library_thread() -> Iterator[None]:
-    """The environment a fork server starts with (and its workers inherit): one library thread."""
-    unset = [name for name in LIBRARY_THREADS if name not in os.environ]
-    os.environ.update(dict.fromkeys(unset, "1"))
-    try:
-        yield
-    finally:
-        for name in unset:
-            os.environ.pop(name, None)
-
-
-def _score_in_processes(work: _Work, processes: int, bar: tqdm) -> list[tuple[dict, dict[str, Prediction]]]:
-    """Each part in its own process (forked from a fork server that has imported this module), the
-    bar fed as images finish."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    done = context.Value("q", 0)
-    waiting, workers = {}, []
-    with _one_library_thread():
-        for part in range(processes):
-            receiver, sender = context.Pipe(duplex=False)
-            worker = context.Process(target=_score_part, args=(work, part, processes, torch.get_num_threads(),
-                                                               done, sender), daemon=True)
-            worker.start()
-            sender.close()
-            waiting[receiver] = part
-            workers.append(worker)
-    results: dict[int, Any] = {}
-    try:
-        while waiting:
-            for receiver in multiprocessing.connection.wait(list(waiting), timeout=0.2):
-                part = waiting.pop(receiver)
-                try:
-                    results[part] = receiver.recv()
-                except EOFError:
-                    results[part] = ("error", RuntimeError(f"evaluation worker {part} died without a result"))
-                except Exception as error:  # noqa: BLE001  (sent, but it does not unpickle here)
-                    results[part] = ("error", RuntimeError(f"evaluation worker {part}: its result could not be "
-                                                           f"read back: {type(error).__name__}: {error}"))
-            bar.update(done.value - bar.n)
-            failed = [value for status, value in results.values() if status == "error"]
-            if failed:
-                raise failed[0]
-    finally:
-        for worker in workers:
-            if worker.is_alive() and waiting:
-                worker.terminate()
-            worker.join()
-    return [results[part][1] for part in range(processes)]
+def _score_part(work: _Work, part: int, parts: int, tick: Callable[[], None]) -> tuple[dict, dict[str, Prediction]]:
+    """A worker process's share: one part scored into suites of its own; their states and examples."""
+    suites = _suites(work.conventions, work.rows, work.localisation)
+    kept = work.score(part, parts, suites, tick)
+    return {key: suite.state_values() for key, suite in suites.items()}, kept

@@ -10,7 +10,6 @@ and a rerun skips them.  A photo that cannot be read is skipped, named and count
 from __future__ import annotations
 
 import io
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from evaluation import refinement
 from evaluation.inference import image_size, plan_shape_batches, predict_images, prefetched
+from evaluation.parallel import run_parts
 from trainer.model_folders import DEFAULT_MODEL_FOLDERS, default_model_folder
 from evaluation.photos import NoPhotosError, Photo, UnsafeOutputError, find_photos, output_path
 from evaluation.predictors import UNetPredictor
@@ -122,8 +122,12 @@ def _load(jobs: list[Job]) -> list[np.ndarray | UnreadableImageError]:
 
 def segment_photos(jobs: Sequence[Job], predictor: UNetPredictor, batch_size: int = 16,
                    threshold: float | None = None, refine: Refiner | None = None,
-                   progress: bool = True) -> tuple[int, list[Skipped]]:
-    """Segment every job's photo and write its outputs; returns (photos written, photos skipped)."""
+                   progress: bool = True, processes: int = 1) -> tuple[int, list[Skipped]]:
+    """Segment every job's photo and write its outputs; returns (photos written, photos skipped).
+
+    With `processes` > 1 (CPU only) the batches are dealt out to that many worker processes; a
+    batch is never split, so every file is the one a single process writes (at one torch thread
+    each).  Skipped photos are listed in path order."""
     skipped: list[Skipped] = []
     readable, shapes = [], []
     for job in jobs:
@@ -134,15 +138,39 @@ def segment_photos(jobs: Sequence[Job], predictor: UNetPredictor, batch_size: in
             skipped.append(Skipped(job.photo.path, error.reason))
     batches = [[readable[i] for i in batch]
                for batch in plan_shape_batches(shapes, predictor.input_size, batch_size)]
-    written = 0
-    bar = tqdm(total=len(jobs), initial=len(skipped), unit="photo", desc="segment-images", dynamic_ncols=True,
-               disable=not progress)
-    for batch, loaded in prefetched(batches, _load):
+    work = _Segmenting(batches, predictor, threshold, refine)
+    processes = max(1, min(processes, len(batches)))
+    with tqdm(total=len(jobs), initial=len(skipped), unit="photo", desc="segment-images", dynamic_ncols=True,
+              disable=not progress) as bar:
+        if processes == 1:
+            results = [_segment_part(work, 0, 1, lambda: bar.update(1))]
+        else:
+            results = run_parts(_segment_part, work, processes, bar, "segment-images")
+    written = sum(part_written for part_written, _ in results)
+    skipped += [item for _, part_skipped in results for item in part_skipped]
+    return written, sorted(skipped, key=lambda item: str(item.path))
+
+
+@dataclass
+class _Segmenting:
+    """What segmenting a share of the batches needs; a worker process receives it whole."""
+
+    batches: list[list[Job]]
+    predictor: UNetPredictor
+    threshold: float | None
+    refine: Refiner | None
+
+
+def _segment_part(work: _Segmenting, part: int, parts: int, tick: Callable[[], None]) -> tuple[int, list[Skipped]]:
+    """Batches part, part + parts, ... : their photos predicted, refined and written."""
+    written, skipped = 0, []
+    predictor = work.predictor
+    for batch, loaded in prefetched(work.batches[part::parts], _load):
         good = []
         for job, image in zip(batch, loaded):
             if isinstance(image, UnreadableImageError):
                 skipped.append(Skipped(job.photo.path, image.reason))
-                bar.update(1)
+                tick()
             else:
                 good.append((job, image))
         if not good:
@@ -150,17 +178,16 @@ def segment_photos(jobs: Sequence[Job], predictor: UNetPredictor, batch_size: in
         maps = predict_images([predictor], [image for _, image in good], [image.shape[:2] for _, image in good])
         for (job, image), by_name in zip(good, maps):
             probabilities = by_name[predictor.name]
-            if refine is not None:
-                probabilities = refine(image, probabilities)
+            if work.refine is not None:
+                probabilities = work.refine(image, probabilities)
             try:
                 if job.overlay is not None:
                     atomic_write_bytes(job.overlay, encode_png(overlay_image(image, probabilities)))
-                atomic_write_bytes(job.mask, encode_png(map_to_uint8(probabilities, threshold)))
+                atomic_write_bytes(job.mask, encode_png(map_to_uint8(probabilities, work.threshold)))
                 written += 1
             except OSError as error:
                 skipped.append(Skipped(job.photo.path, f"cannot write its output: {error}"))
-            bar.update(1)
-    bar.close()
+            tick()
     return written, skipped
 
 
@@ -218,9 +245,13 @@ def load_predictor(folder: Path, device: str) -> UNetPredictor:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch threads on the CPU; photos decode in one more thread. More help only on idle cores "
                    "(on a busy 2-core machine 2 threads ran 6x slower than 1).")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on the CPU, each decoding, predicting, refining and writing its share of "
+                   "the batches with --threads torch threads; one per idle core is the usual choice. The files "
+                   "are those one process writes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(source: str, output: str, model: str | None, threshold: float | None, overlay: bool, refine: bool,
-         overwrite: bool, device: str, batch_size: int, threads: int, quiet: bool) -> None:
+         overwrite: bool, device: str, batch_size: int, threads: int, processes: int, quiet: bool) -> None:
     """Segment the photos in SOURCE with a trained model; write one 8-bit PNG per photo under OUTPUT.
 
     SOURCE is a folder (searched recursively), a glob pattern in quotes ('photos/**/*.jpg') or one
@@ -249,15 +280,19 @@ def main(source: str, output: str, model: str | None, threshold: float | None, o
         if not photos:
             raise click.ClickException(f"no photos found in {source} outside the output folder {output_folder}")
     predictor = load_predictor(resolve_model_folder(model), device)
+    if processes > 1 and predictor.device.type != "cpu":
+        raise click.ClickException(f"--processes {processes} runs on the CPU only; the device is {device}")
     torch.set_num_threads(threads)
 
     jobs, done, skipped = plan_jobs(photos, output_folder, overlay, overwrite)
     click.echo(f"segment-images: {len(photos)} photos, {done} already done, {len(jobs)} to segment "
                f"-> {output_folder} ({'binary masks at > ' + str(threshold) if threshold is not None else 'probability maps'}"
-               f"{', refined' if refine else ''}{', overlays' if overlay else ''})", err=True)
+               f"{', refined' if refine else ''}{', overlays' if overlay else ''}"
+               f"{f', {processes} processes' if processes > 1 else ''})", err=True)
     start = time.perf_counter()
     written, failed = segment_photos(jobs, predictor, batch_size, threshold,
-                                     refine=refinement.refine if refine else None, progress=not quiet)
+                                     refine=refinement.refine if refine else None, progress=not quiet,
+                                     processes=processes)
     elapsed = time.perf_counter() - start
     skipped += failed
     click.echo(f"segment-images: wrote {written} photos in {elapsed:.1f} s"

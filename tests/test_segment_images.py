@@ -186,6 +186,24 @@ def test_unreadable_photos_are_skipped_named_counted_and_set_the_exit_status(pho
     assert not (output / "garbage.png").exists() and not (output / "sub" / "truncated.png").exists()
 
 
+def test_processes_write_the_files_one_process_writes_and_report_the_same_skips(photos, model, tmp_path):
+    (photos / "garbage.jpg").write_bytes(b"this is not a JPEG")
+    whole = (photos / "a.jpg").read_bytes()
+    (photos / "sub" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])   # fails in a worker, not in planning
+    outputs, reports = {}, {}
+    for processes in (1, 3):
+        outputs[processes] = tmp_path / f"masks-{processes}"
+        result = run(photos, outputs[processes], "--model", model, "--refine", "--overlay", "--batch-size", 1,
+                     "--processes", processes, expect=segment.EXIT_SKIPPED)
+        reports[processes] = [line for line in result.output.splitlines() if line.startswith("skipped:")]
+    files = sorted(path.relative_to(outputs[1]) for path in outputs[1].rglob("*.png"))
+    assert len(files) == 2 * len(PHOTOS)
+    assert files == sorted(path.relative_to(outputs[3]) for path in outputs[3].rglob("*.png"))
+    for relative in files:
+        assert (outputs[3] / relative).read_bytes() == (outputs[1] / relative).read_bytes(), relative
+    assert reports[3] == reports[1] and len(reports[1]) == 2
+
+
 @pytest.mark.parametrize("make", ["empty", "no-photos", "missing"])
 def test_no_photos_is_a_clear_error(make, model, tmp_path):
     source = tmp_path / "photos"
