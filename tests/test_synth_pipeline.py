@@ -2,14 +2,18 @@
 of the single-process path however the work is split, and stops with a shard's error."""
 
 import pytest
+import torch
 
+from generator.synth.worker import LaunchedBatch
 from tests.test_synth_gen import project, run, shard_bytes, write_params  # noqa: F401 (fixture)
 
 SETTINGS = {"n": 50, "shard_size": 10, "batch_size": 4}
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_the_pipeline_gives_the_bytes_of_the_single_process_path(project, workers):
+@pytest.mark.parametrize("workers, as_on_a_gpu", [(1, False), (3, False), (3, True)])
+def test_the_pipeline_gives_the_bytes_of_the_single_process_path(project, workers, as_on_a_gpu, monkeypatch):
+    if as_on_a_gpu:   # each batch is sent only once the next is queued, as a GPU's batches are
+        monkeypatch.setattr(LaunchedBatch, "on_device", property(lambda batch: True))
     write_params(project, **SETTINGS, workers=1, output="reference")
     run()
     write_params(project, **SETTINGS, workers=workers, distributor="pipeline")
@@ -38,3 +42,12 @@ def test_bad_distributor_settings_are_named(project):
     failed = run(expect=1)
     assert "distributor must be one of multiprocessing, pipeline, ray" in failed.output
     assert "retries must be a non-negative integer" in failed.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_a_gpu_the_queued_batches_give_the_bytes_of_the_single_process_path(project):
+    write_params(project, **SETTINGS, workers=1, device="cuda", output="reference")
+    run()
+    write_params(project, **SETTINGS, workers=3, device="cuda", distributor="pipeline")
+    run()
+    assert shard_bytes(project / "shards") == shard_bytes(project / "reference")

@@ -3,7 +3,9 @@
 On a GPU the generator is the expensive part and post-processing (filters, JPEG and PNG
 encoding, tar writes) is CPU work: doing both in one process leaves the GPU idle half the time.
 Here this process only samples latents and renders G(z), G(z + h_bg) and the masks, batch after
-batch; each worker process assembles one shard at a time from the batches it is sent
+batch, and on a GPU it queues each batch (its generator calls and its copy to pinned CPU memory)
+before it collects and sends the one before, so the device always has the next batch to work on
+while this process waits for a copy or hands a batch over; each worker process assembles one shard at a time from the batches it is sent
 (`ShardAssembler`, the same code the single-process path runs), so the bytes are those of any
 other distributor.  The renderer works ahead: up to `AHEAD` batches per worker wait in its
 queue, and a shard's batches past the one that filled it are dropped unread.
@@ -18,7 +20,7 @@ import queue
 import torch
 
 from generator.interface import Generator
-from generator.synth.worker import CandidateBudgetExceeded, RenderJob, ShardAssembler, ShardRenderer
+from generator.synth.worker import CandidateBudgetExceeded, LaunchedBatch, RenderJob, ShardAssembler, ShardRenderer
 from generator.synth.writer import ShardStats
 
 #: Batches rendered ahead for each worker: enough to cover a slow batch, few enough to bound memory.
@@ -64,6 +66,12 @@ def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_don
     totals = [0, 0]                              # kept, considered over the whole run
     results: list[ShardStats] = []
     turn = 0
+    launched: list[tuple[int, LaunchedBatch]] = []   # (worker, batch) queued on the device, not yet sent
+
+    def send_launched() -> None:
+        for number, batch in launched:
+            inboxes[number].put(("batch", batch.collect()))
+        launched.clear()
 
     def handle(message) -> None:
         kind, number, *values = message
@@ -99,11 +107,16 @@ def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_don
             number = ready[turn % len(ready)]
             turn += 1
             shard = assigned[number]
-            inboxes[number].put(("batch", renderer.render_batch(shard.index, shard.rendered)))
+            batch = renderer.launch_batch(shard.index, shard.rendered)
+            send_launched()                      # the previous batch, while the device renders this one
+            launched.append((number, batch))
+            if not batch.on_device:
+                send_launched()                  # on a CPU it is already done: nothing to overlap
             shard.rendered += settings.batch_size
             in_flight[number] += 1
             timeout = None
         else:
+            send_launched()                      # nothing more to render until a worker takes a batch
             timeout = 0.2
         while True:
             try:

@@ -84,23 +84,87 @@ class ShardRenderer:
 
     def render_batch(self, shard: int, first: int) -> "RenderedBatch":
         """Candidates first .. first + batch_size - 1 of a shard: latents, G(z), G(z + h_bg), masks."""
+        return self.launch_batch(shard, first).collect()
+
+    def launch_batch(self, shard: int, first: int) -> "LaunchedBatch":
+        """`render_batch`'s work, queued: on a GPU this returns once the generator's calls and the
+        copies of their results into pinned CPU memory are queued on the device, so the caller can
+        queue the next batch behind them before it collects this one.  On a CPU it is all done."""
         counters = np.arange(first, first + self.settings.batch_size)
+        on_gpu = self.generator.device.type == "cuda"
         start = time.perf_counter()
         batch = self.sampler.sample(self.settings.seed, shard, counters)
-        z = torch.from_numpy(batch.z).to(self.generator.device)
+        z = torch.from_numpy(batch.z)
+        # From pinned memory the upload is queued like the rest; from pageable memory it would wait
+        # for everything queued before it (the previous batch's generator calls).
+        z = z.pin_memory().to(self.generator.device, non_blocking=True) if on_gpu else z.to(self.generator.device)
         sample_s = time.perf_counter() - start
 
+        stream = torch.cuda.current_stream(self.generator.device) if on_gpu else None
+        timer = _GpuTimer(stream) if on_gpu else None
         start = time.perf_counter()
         with torch.inference_mode():
             images = self.generator.generate(z)
             shifted = self.generator.generate(z + self.shift)
-        if images.device.type == "cuda":
-            torch.cuda.synchronize(images.device)
-        generate_s = time.perf_counter() - start
-        masks = synthesize_masks(images, shifted)
-        return RenderedBatch(shard=shard, counters=counters, z=batch.z, source_index=batch.source_index,
-                             images=images.detach().to("cpu", torch.float32).numpy(), masks=masks.cpu().numpy(),
-                             shifted=shifted.float().cpu().numpy(), sample_s=sample_s, generate_s=generate_s)
+            masks = synthesize_masks(images, shifted)
+            if timer is not None:
+                timer.stop()
+            # non_blocking copies from a GPU land in pinned memory, ready once the batch's event has passed.
+            outputs = [tensor.detach().to("cpu", torch.float32, non_blocking=on_gpu) for tensor in (images, shifted)]
+            outputs.append(masks.to("cpu", non_blocking=on_gpu))
+        copied = torch.cuda.Event() if on_gpu else None
+        if copied is not None:
+            copied.record(stream)
+        return LaunchedBatch(shard=shard, counters=counters, z=batch.z, source_index=batch.source_index,
+                             outputs=outputs, copied=copied, timer=timer, sample_s=sample_s,
+                             generate_s=time.perf_counter() - start)
+
+
+class _GpuTimer:
+    """A stream's device time from the timer's creation to `stop()`, read without stalling the
+    queue until asked."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.started, self.stopped = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        self.started.record(stream)
+
+    def stop(self) -> None:
+        self.stopped.record(self.stream)
+
+    def seconds(self) -> float:
+        self.stopped.synchronize()
+        return self.started.elapsed_time(self.stopped) / 1000.0
+
+
+@dataclass
+class LaunchedBatch:
+    """A batch whose generator calls and copies to the CPU may still be running on the device."""
+
+    shard: int
+    counters: np.ndarray
+    z: np.ndarray
+    source_index: np.ndarray
+    outputs: list[torch.Tensor]        # G(z), G(z + h_bg) as float32, masks: CPU tensors (pinned on a GPU)
+    copied: Any                        # the CUDA event after the copies; None on a CPU
+    timer: _GpuTimer | None
+    sample_s: float
+    generate_s: float                  # on a CPU; on a GPU the timer's device time replaces it
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the device may still be working on it (a GPU's batch until collected)."""
+        return self.copied is not None
+
+    def collect(self) -> "RenderedBatch":
+        """Wait for the device (if any) and return the batch as plain arrays."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        images, shifted, masks = (tensor.numpy() for tensor in self.outputs)
+        generate_s = self.timer.seconds() if self.timer is not None else self.generate_s
+        return RenderedBatch(shard=self.shard, counters=self.counters, z=self.z, source_index=self.source_index,
+                             images=images, masks=masks, shifted=shifted, sample_s=self.sample_s,
+                             generate_s=generate_s)
 
 
 @dataclass
