@@ -1,10 +1,15 @@
 """The pipeline distributor (G in one process, post-processing in others, as on a GPU) gives the bytes
 of the single-process path however the work is split, and stops with a shard's error."""
 
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
+import numpy as np
 import pytest
 import torch
 
-from generator.synth.worker import LaunchedBatch
+from generator.synth.pipeline import SharedTransport, unpacked
+from generator.synth.worker import LaunchedBatch, RenderedBatch
 from tests.test_synth_gen import project, run, shard_bytes, write_params  # noqa: F401 (fixture)
 
 SETTINGS = {"n": 50, "shard_size": 10, "batch_size": 4}
@@ -50,4 +55,30 @@ def test_on_a_gpu_the_queued_batches_give_the_bytes_of_the_single_process_path(p
     run()
     write_params(project, **SETTINGS, workers=3, device="cuda", distributor="pipeline")
     run()
+    assert shard_bytes(project / "shards") == shard_bytes(project / "reference")
+
+
+def test_a_batch_travels_through_shared_memory_as_a_handle_and_arrives_whole():
+    rng = np.random.default_rng(0)
+    pixels = rng.random((2, 5, 3, 32, 32), dtype=np.float32)
+    batch = RenderedBatch(shard=3, counters=np.arange(5), z=rng.standard_normal((5, 8)), source_index=np.arange(5),
+                          images=pixels[0], shifted=pixels[1], masks=pixels[0, :, 0] > pixels[1, :, 0])
+    sent = ForkingPickler.dumps(SharedTransport().pack(batch))
+    assert len(sent) < pixels.nbytes / 10                      # the pixels did not go into the pickle
+    arrived = unpacked(pickle.loads(sent))
+    for name in ("images", "shifted", "masks", "counters", "z"):
+        assert isinstance(getattr(arrived, name), np.ndarray)
+        np.testing.assert_array_equal(getattr(arrived, name), getattr(batch, name))
+
+
+def test_without_shared_memory_batches_are_pickled_with_a_warning_and_the_same_bytes(project, monkeypatch):
+    def refused(tensor):
+        raise RuntimeError("unable to write to file </torch_1_2>: No space left on device (28)")
+
+    write_params(project, **SETTINGS, workers=1, output="reference")
+    run()
+    monkeypatch.setattr(torch.Tensor, "share_memory_", refused)
+    write_params(project, **SETTINGS, workers=2, distributor="pipeline")
+    with pytest.warns(RuntimeWarning, match="shared memory refused a batch"):
+        run()
     assert shard_bytes(project / "shards") == shard_bytes(project / "reference")
