@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import shutil
 import sys
 import tempfile
 import time
@@ -137,7 +138,13 @@ def pipeline_direction_for(generator, path: str):
         return None
 
 
-def bench_generator(name: str, args, folder: Path) -> list[tuple]:
+def failure(error: Exception) -> str:
+    """A row's text for a measurement that failed: the rows before and after it still stand."""
+    return f"failed: {type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def bench_generator(name: str, args, folder: Path) -> Iterator[tuple]:
+    """(generator, path, processes, candidates/s, samples/s or None, or a failure's text) rows, as measured."""
     spec = SPECS[name]
     device = torch.device(args.device)
     threads = torch.get_num_threads()
@@ -155,15 +162,18 @@ def bench_generator(name: str, args, folder: Path) -> list[tuple]:
                                              chosen_by="params"), direction)
     forward = forward_rate(generator, shift.to(device), args.batch_size, args.seconds)
     torch.set_num_threads(threads)
-    rows = [(name, "forward", 1, forward, None)]
+    yield name, "forward", 1, forward, None
     paths = [("single", "multiprocessing", 1), ("pipeline", "pipeline", args.workers)]
     if device.type == "cpu":
         paths.append(("processes", "multiprocessing", args.workers))
     for label, distributor, workers in paths:
-        candidates, samples = end_to_end(name, generator, direction, folder / f"{name}-{label}", distributor,
-                                         workers, args)
-        rows.append((name, label, workers, candidates, samples))
-    return rows
+        try:
+            candidates, samples = end_to_end(name, generator, direction, folder / f"{name}-{label}", distributor,
+                                             workers, args)
+        except Exception as error:  # noqa: BLE001  (one path failing leaves the others to measure)
+            yield name, label, workers, None, failure(error)
+            continue
+        yield name, label, workers, candidates, samples
 
 
 def bench_trainer(shards: Path, args, folder: Path) -> Iterator[tuple[str, str]]:
@@ -177,24 +187,30 @@ def bench_trainer(shards: Path, args, folder: Path) -> Iterator[tuple[str, str]]
     device = torch.device(args.device)
     batch, size = args.unet_batch, args.unet_size
     for workers in sorted({2, args.loader_workers}):
-        rate = loader_rate(urls, workers, batch, args.loader_batches)
-        yield f"loader ceiling, {workers} workers, batch {batch} (no model)", f"{rate:.0f} samples/s"
+        label = f"loader ceiling, {workers} workers, batch {batch} (no model)"
+        try:
+            yield label, f"{loader_rate(urls, workers, batch, args.loader_batches):.0f} samples/s"
+        except Exception as error:  # noqa: BLE001  (a small /dev/shm, say: the rows below still run)
+            yield label, failure(error)
     bf16 = device.type == "cuda"
     torch.manual_seed(0)
     model = UNet(base_channels=64, depth=4, bilinear=True).to(device)
     model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-    seconds = step_time(model, batch, size, args.unet_steps, device, bf16=bf16)
+    label = "U-Net step ceiling (random data on the device, no loader)"
+    try:
+        seconds = step_time(model, batch, size, args.unet_steps, device, bf16=bf16)
+        yield label, f"{1 / seconds:.2f} steps/s, {batch / seconds:.0f} samples/s"
+    except Exception as error:  # noqa: BLE001
+        yield label, failure(error)
     del model
-    yield ("U-Net step ceiling (random data on the device, no loader)",
-           f"{1 / seconds:.2f} steps/s, {batch / seconds:.0f} samples/s")
     plain, workers = None, loader_workers(args.loader_workers, len(urls), 1)   # at most one per shard
     for compiled in [False, True] if args.compile else [False]:
         label = f"train-unet loop, {workers} loader workers{', torch.compile' if compiled else ''}"
         try:
             result = trainer_run(shards, args, compiled, folder / f"train-{'compiled' if compiled else 'plain'}")
         except Exception as error:  # noqa: BLE001  (no compiler on the machine, for one: the rows above stand)
-            yield label, f"failed: {type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0][:200]
-            return
+            yield label, failure(error)
+            continue
         steady = result.steady_samples_per_second
         if steady is None:
             yield label, "too few steps for a steady rate (give --unet-steps 10 or more)"
@@ -254,13 +270,18 @@ def main() -> None:
     generators = args.generator or ["house"]
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
+        shm = shutil.disk_usage("/dev/shm") if Path("/dev/shm").is_dir() else None
         print(f"device {args.device}, n {args.n}, shard size {args.shard_size}, batch {args.batch_size}, "
-              f"workers {args.workers}, torch {torch.__version__}")
+              f"workers {args.workers}, torch {torch.__version__}, "
+              + (f"/dev/shm {shm.free / 2 ** 30:.1f} of {shm.total / 2 ** 30:.1f} GiB free" if shm else "no /dev/shm"))
         print(f"{'generator':<10} {'path':<10} {'procs':>5} {'candidates/s':>13} {'samples/s':>10} {'of forward':>10}")
         for name in generators:
-            rows = bench_generator(name, args, folder)
-            forward = rows[0][3]
-            for generator, label, workers, candidates, samples in rows:
+            forward = None
+            for generator, label, workers, candidates, samples in bench_generator(name, args, folder):
+                if candidates is None:
+                    print(f"{generator:<10} {label:<10} {workers:>5} {samples}", flush=True)
+                    continue
+                forward = forward or candidates
                 kept = "" if samples is None else f"{samples:.1f}"
                 print(f"{generator:<10} {label:<10} {workers:>5} {candidates:>13.1f} {kept:>10} "
                       f"{100 * candidates / forward:>9.0f}%", flush=True)
