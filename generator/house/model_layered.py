@@ -108,7 +108,7 @@ class StarOutline(nn.Module):
         nn.init.zeros_(self.shape_code.bias)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
-        n, side, k = code.shape[0], self.resolution, self.harmonics
+        side, k = self.resolution, self.harmonics
         params = self.shape_code(code)
         centre = 0.5 + self.CENTRE_RANGE * torch.tanh(params[:, :2])
         low, high = self.RADIUS_RANGE

@@ -104,8 +104,8 @@ def complete_shards(store: Store, plan: list[tuple[int, int]], record: dict, dig
     """
     listing = store.listing()
     finished = listing.get(MANIFEST_NAME) is not None
-    hint = (f"pass --overwrite to replace them, choose another folder, or go back to the settings they "
-            f"were made with")
+    hint = ("pass --overwrite to replace them, choose another folder, or go back to the settings they "
+            "were made with")
     stats_files = sorted(name for name in listing if _STATS.fullmatch(name))
     found: dict[int, ShardStats] = {}
     for data in store.read_many(stats_files).values():
