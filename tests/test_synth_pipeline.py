@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from generator.synth.pipeline import SharedTransport, unpacked
-from generator.synth.worker import LaunchedBatch, RenderedBatch
+from generator.synth.worker import LaunchedBatch, RenderedBatch, ShardAssembler, ShardRenderer
 from tests.test_synth_gen import project, run, shard_bytes, write_params  # noqa: F401 (fixture)
 
 SETTINGS = {"n": 50, "shard_size": 10, "batch_size": 4}
@@ -47,6 +47,29 @@ def test_bad_distributor_settings_are_named(project):
     failed = run(expect=1)
     assert "distributor must be one of multiprocessing, pipeline, ray" in failed.output
     assert "retries must be a non-negative integer" in failed.output
+
+
+@pytest.mark.parametrize("filters", [{}, {"size": {"max_foreground": 0.15}}])
+def test_one_process_queueing_the_next_batch_as_on_a_gpu_gives_the_same_bytes(project, monkeypatch, filters):
+    # Strict filters keep few candidates: a shard then takes many batches, each queued ahead.
+    write_params(project, **SETTINGS, workers=1, output="reference", filters=filters)
+    run()
+    monkeypatch.setattr(LaunchedBatch, "on_device", property(lambda batch: True))
+    events = []
+    launch, add = ShardRenderer.launch_batch, ShardAssembler.add
+    monkeypatch.setattr(ShardRenderer, "launch_batch", lambda renderer, shard, first:
+                        events.append(("launch", shard, first)) or launch(renderer, shard, first))
+    monkeypatch.setattr(ShardAssembler, "add", lambda assembler, batch:
+                        events.append(("add", batch.shard, int(batch.counters[0]))) or add(assembler, batch))
+    write_params(project, **SETTINGS, workers=1, filters=filters)
+    run()
+    assert shard_bytes(project / "shards") == shard_bytes(project / "reference")
+    launches = [event[1:] for event in events if event[0] == "launch"]
+    assert len(launches) == len(set(launches))                       # no batch rendered twice
+    # The next batch was queued before this one was post-processed.
+    size = SETTINGS["batch_size"]
+    assert any(events[:i].count(("launch", shard, first + size)) for i, (kind, shard, first) in enumerate(events)
+               if kind == "add")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -74,10 +74,20 @@ class ShardRenderer:
             self.sampler = NeighbourhoodSampler(bank, self.settings.alpha)
 
     def render(self, shard: int, count: int, progress: Progress | None = None) -> ShardStats:
+        """Render, filter, encode and write one shard.  On a GPU the next batch is queued before this
+        one is post-processed, so the device renders while this process filters and encodes; it is
+        queued only while the shard is expected to need it, as the pipeline does."""
+        size = self.settings.batch_size
         with ShardAssembler(self.job, shard, count) as assembler:
+            queued: LaunchedBatch | None = None
             while not assembler.full:
-                batch = self.render_batch(shard, assembler.used)
-                kept, considered = assembler.add(batch)
+                launched = queued or self.launch_batch(shard, assembler.used)
+                queued = None
+                rate = assembler.kept / assembler.used if assembler.used else 1.0
+                if launched.on_device and assembler.used + size < assembler.budget and \
+                        assembler.kept + size * rate < count:
+                    queued = self.launch_batch(shard, assembler.used + size)
+                kept, considered = assembler.add(launched.collect())
                 if progress is not None:
                     progress(kept, considered)
             return assembler.finish()
