@@ -8,6 +8,9 @@
 For each generator, rows measured one after the other:
   forward      G(z) and G(z + h) for a batch, nothing else (on CPU with one torch thread, as the
                gen-synth paths use): candidates/s, the ceiling of everything below
+  hand-off     the pipeline renderer's own CPU cost of handing a batch over: putting fresh batches
+               of this size in shared memory (benchmarks/bench_handoff.py has the whole hand-off),
+               as candidates/s; it runs while the device renders, so well above forward it is free
   single       gen-synth with everything in one process (--workers 1): today's path on a GPU
   pipeline     gen-synth with G in this process and --workers processes post-processing
   processes    (CPU only) gen-synth with whole shards in --workers processes
@@ -66,7 +69,9 @@ from generator.registry import build_generator  # noqa: E402
 from generator.synth.filters import FilterConfig  # noqa: E402
 from generator.synth.main import synthesize  # noqa: E402
 from generator.synth.masks import synthesize_masks  # noqa: E402
+from generator.synth.pipeline import SharedTransport  # noqa: E402
 from generator.synth.settings import SynthSettings  # noqa: E402
+from generator.synth.worker import RenderedBatch  # noqa: E402
 
 SPECS = {
     "house": {"name": "house"},
@@ -99,6 +104,27 @@ def forward_rate(generator, shift: torch.Tensor, batch: int, seconds: float) -> 
                 start = time.perf_counter()
             done += 1
     return done * batch / (time.perf_counter() - start)
+
+
+def pack_rate(generator, batch: int, rounds: int = 6) -> float:
+    """Candidates/s at which the pipeline's renderer puts fresh batches of this generator's size in
+    shared memory for its workers (`SharedTransport.pack`, done in the renderer's process while the
+    device renders the next batch): far above the forward rate, it costs the device nothing."""
+    with torch.inference_mode():
+        side = generator.generate(torch.zeros(1, generator.latent_dim, device=generator.device)).shape[-1]
+    rng = np.random.default_rng(0)
+    transport, seconds = SharedTransport(), 0.0
+    for round_ in range(rounds + 1):                   # the first round warms up
+        pixels = rng.random((2, batch, 3, side, side), dtype=np.float32)
+        rendered = RenderedBatch(shard=0, counters=np.arange(batch), z=np.zeros((batch, 1), np.float32),
+                                 source_index=np.zeros(batch, np.int64), images=pixels[0], shifted=pixels[1],
+                                 masks=pixels[0, :, 0] > pixels[1, :, 0])
+        started = time.perf_counter()
+        transport.pack(rendered)
+        seconds += (time.perf_counter() - started) if round_ else 0.0
+        if transport.failure is not None:
+            raise transport.failure
+    return rounds * batch / seconds
 
 
 def chosen_shift(generator, magnitude: float) -> torch.Tensor:
@@ -163,6 +189,10 @@ def bench_generator(name: str, args, folder: Path) -> Iterator[tuple]:
     forward = forward_rate(generator, shift.to(device), args.batch_size, args.seconds)
     torch.set_num_threads(threads)
     yield name, "forward", 1, forward, None
+    try:
+        yield name, "hand-off", 1, pack_rate(generator, args.batch_size), None
+    except Exception as error:  # noqa: BLE001  (no shared memory: the pipeline pickles instead)
+        yield name, "hand-off", 1, None, failure(error)
     paths = [("single", "multiprocessing", 1), ("pipeline", "pipeline", args.workers)]
     if device.type == "cpu":
         paths.append(("processes", "multiprocessing", args.workers))
