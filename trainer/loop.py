@@ -11,8 +11,9 @@ exactly: model, optimiser, scheduler and RNG states are restored and the data st
 its position (trainer/shards.py).  The record holds what shapes the weights (data checksums,
 network, schedule, seed), not how often the run logs or validates, nor how many processes or
 loader workers it uses, nor bf16 or compilation: changing those resumes too (the data order after
-the resume then follows the new layout).  A checkpoint with another record is refused, naming the keys that
-differ, and kept, unless it is a finished run's (its model was exported) or `resume` is off.
+the resume then follows the new layout).  A checkpoint with another record is refused, naming the
+keys that differ, and kept, unless it is a finished run's (its model was exported) or `resume` is
+off.
 """
 
 from __future__ import annotations
