@@ -10,8 +10,9 @@ forkserver queue to one worker process, which turns them back into arrays and re
 at most two batches in flight as in the pipeline, and gives the batches/s and candidates/s one
 queue carries and the sending process's CPU time per batch (its feeder thread included):
   pickled   the arrays pickled into the queue, as plain arrays are
-  shared    the pipeline's way (generator/synth/pipeline.py, `SharedTransport` / `unpacked`):
-            the arrays copied into shared memory as torch tensors, only their handles pickled
+  shared    the pipeline's way (generator/synth/pipeline.py, `SharedSlots` / `unpacked`): the
+            arrays copied into a shared-memory slot the worker frees once it has read the batch,
+            only the slot's handles pickled
 Rounds alternate between the two, so a change in the machine's load hits both alike.
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generator.synth.pipeline import SharedTransport, unpacked  # noqa: E402
+from generator.synth.pipeline import SharedSlots, unpacked  # noqa: E402
 from generator.synth.worker import RenderedBatch  # noqa: E402
 
 
@@ -40,36 +41,44 @@ def fresh_batch(rng: np.random.Generator, size: int, batch: int) -> RenderedBatc
                          masks=pixels[0, :, 0] > pixels[1, :, 0])
 
 
-def receive(inbox, outbox, shared: bool) -> None:
-    """The worker: take each batch, turn it back into arrays, read every pixel, say it was taken."""
-    while (batch := inbox.get()) is not None:
+def receive(inbox, outbox) -> None:
+    """The worker: take each batch, turn it back into arrays, read every pixel, free its slot."""
+    while (message := inbox.get()) is not None:
+        batch, slot = message
         batch = unpacked(batch)
-        checksum = float(batch.images.sum() + batch.shifted.sum()) + int(batch.masks.sum())
-        outbox.put(checksum)
+        float(batch.images.sum() + batch.shifted.sum()) + int(batch.masks.sum())
+        outbox.put(slot)
 
 
 def carry(shared: bool, size: int, batch: int, count: int) -> tuple[float, float]:
     """(batches/s, sending process's CPU ms per batch) over `count` fresh batches."""
     context = multiprocessing.get_context("forkserver")
     inbox, outbox = context.Queue(), context.Queue()
-    worker = context.Process(target=receive, args=(inbox, outbox, shared), daemon=True)
+    worker = context.Process(target=receive, args=(inbox, outbox), daemon=True)
     worker.start()
     rng = np.random.default_rng(0)
     batches = [fresh_batch(rng, size, batch) for _ in range(count + 2)]   # made before the clock starts
-    wrap = SharedTransport().pack if shared else (lambda item: item)
+    slots = SharedSlots()
+    wrap = slots.pack if shared else (lambda item: (item, None))
+
+    def taken() -> None:
+        slot = outbox.get()
+        if slot is not None:
+            slots.release(slot)
+
     for item in batches[:2]:                                              # the worker's start-up
         inbox.put(wrap(item))
-        outbox.get()
+        taken()
     in_flight = 0
     wall, cpu = time.perf_counter(), time.process_time()
     for item in batches[2:]:
         inbox.put(wrap(item))
         in_flight += 1
         while in_flight >= 2:
-            outbox.get()
+            taken()
             in_flight -= 1
     while in_flight:
-        outbox.get()
+        taken()
         in_flight -= 1
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     inbox.put(None)

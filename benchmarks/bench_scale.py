@@ -69,7 +69,7 @@ from generator.registry import build_generator  # noqa: E402
 from generator.synth.filters import FilterConfig  # noqa: E402
 from generator.synth.main import synthesize  # noqa: E402
 from generator.synth.masks import synthesize_masks  # noqa: E402
-from generator.synth.pipeline import SharedTransport  # noqa: E402
+from generator.synth.pipeline import SharedSlots  # noqa: E402
 from generator.synth.settings import SynthSettings  # noqa: E402
 from generator.synth.worker import RenderedBatch  # noqa: E402
 
@@ -108,22 +108,24 @@ def forward_rate(generator, shift: torch.Tensor, batch: int, seconds: float) -> 
 
 def pack_rate(generator, batch: int, rounds: int = 6) -> float:
     """Candidates/s at which the pipeline's renderer puts fresh batches of this generator's size in
-    shared memory for its workers (`SharedTransport.pack`, done in the renderer's process while the
-    device renders the next batch): far above the forward rate, it costs the device nothing."""
+    shared memory for its workers (`SharedSlots.pack` into a slot a worker has freed, done in the
+    renderer's process while the device renders the next batch): far above the forward rate, it
+    costs the device nothing."""
     with torch.inference_mode():
         side = generator.generate(torch.zeros(1, generator.latent_dim, device=generator.device)).shape[-1]
     rng = np.random.default_rng(0)
-    transport, seconds = SharedTransport(), 0.0
+    slots, seconds = SharedSlots(), 0.0
     for round_ in range(rounds + 1):                   # the first round warms up
         pixels = rng.random((2, batch, 3, side, side), dtype=np.float32)
         rendered = RenderedBatch(shard=0, counters=np.arange(batch), z=np.zeros((batch, 1), np.float32),
                                  source_index=np.zeros(batch, np.int64), images=pixels[0], shifted=pixels[1],
                                  masks=pixels[0, :, 0] > pixels[1, :, 0])
         started = time.perf_counter()
-        transport.pack(rendered)
+        _, slot = slots.pack(rendered)
         seconds += (time.perf_counter() - started) if round_ else 0.0
-        if transport.failure is not None:
-            raise transport.failure
+        if slots.failure is not None:
+            raise slots.failure
+        slots.release(slot)                           # as a worker does once it has read the batch
     return rounds * batch / seconds
 
 

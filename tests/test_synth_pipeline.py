@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from generator.synth.pipeline import SharedTransport, unpacked
+from generator.synth.pipeline import AHEAD, SharedSlots, unpacked
 from generator.synth.worker import LaunchedBatch, RenderedBatch, ShardAssembler, ShardRenderer
 from tests.test_synth_gen import project, run, shard_bytes, write_params  # noqa: F401 (fixture)
 
@@ -86,7 +86,9 @@ def test_a_batch_travels_through_shared_memory_as_a_handle_and_arrives_whole():
     pixels = rng.random((2, 5, 3, 32, 32), dtype=np.float32)
     batch = RenderedBatch(shard=3, counters=np.arange(5), z=rng.standard_normal((5, 8)), source_index=np.arange(5),
                           images=pixels[0], shifted=pixels[1], masks=pixels[0, :, 0] > pixels[1, :, 0])
-    sent = ForkingPickler.dumps(SharedTransport().pack(batch))
+    packed, slot = SharedSlots().pack(batch)
+    assert slot == 0
+    sent = ForkingPickler.dumps(packed)
     assert len(sent) < pixels.nbytes / 10                      # the pixels did not go into the pickle
     arrived = unpacked(pickle.loads(sent))
     for name in ("images", "shifted", "masks", "counters", "z"):
@@ -105,3 +107,36 @@ def test_without_shared_memory_batches_are_pickled_with_a_warning_and_the_same_b
     with pytest.warns(RuntimeWarning, match="shared memory refused a batch"):
         run()
     assert shard_bytes(project / "shards") == shard_bytes(project / "reference")
+
+
+def test_a_freed_slot_is_written_again_and_a_busy_one_never():
+    rng = np.random.default_rng(1)
+
+    def batch(shard):
+        pixels = rng.random((2, 4, 3, 16, 16), dtype=np.float32)
+        return RenderedBatch(shard=shard, counters=np.arange(4), z=np.zeros((4, 2)), source_index=np.arange(4),
+                             images=pixels[0], shifted=pixels[1], masks=pixels[0, :, 0] > 0.5)
+
+    slots = SharedSlots()
+    first, second = batch(0), batch(1)
+    (packed_first, slot_first), (packed_second, slot_second) = slots.pack(first), slots.pack(second)
+    assert slot_first != slot_second                              # the first is still in use
+    np.testing.assert_array_equal(packed_first.images.numpy(), first.images)
+    slots.release(slot_first)
+    third = batch(2)
+    packed_third, slot_third = slots.pack(third)
+    assert slot_third == slot_first and len(slots.slots) == 2
+    np.testing.assert_array_equal(packed_third.images.numpy(), third.images)
+    np.testing.assert_array_equal(packed_second.images.numpy(), second.images)   # untouched
+
+
+def test_the_pipeline_reuses_its_slots(project, monkeypatch):
+    made, packed = [], []
+    init, pack = SharedSlots.__init__, SharedSlots.pack
+    monkeypatch.setattr(SharedSlots, "__init__", lambda slots: made.append(slots) or init(slots))
+    monkeypatch.setattr(SharedSlots, "pack", lambda slots, batch: packed.append(batch.shard) or pack(slots, batch))
+    write_params(project, **SETTINGS, workers=2, distributor="pipeline")
+    run()
+    slots, = made
+    # A worker holds at most AHEAD batches in its queue and one in hand.
+    assert 1 <= len(slots.slots) <= 2 * (AHEAD + 1) < len(packed)

@@ -5,9 +5,10 @@ encoding, tar writes) is CPU work: doing both in one process leaves the GPU idle
 Here this process only samples latents and renders G(z), G(z + h_bg) and the masks, batch after
 batch, and on a GPU it queues each batch (its generator calls and its copy to pinned CPU memory)
 before it collects and sends the one before, so the device always has the next batch to work on
-while this process waits for a copy or hands a batch over.  A batch's pixels travel as torch
-tensors in shared memory (one copy, then the queue pickles only a handle) instead of pickled
-arrays (three copies, and as many again to unpickle): at 128 px a batch of 95 is 39 MB.
+while this process waits for a copy or hands a batch over.  A batch's pixels travel in shared
+memory slots, reused once a worker is done with them (one copy; the queue pickles only handles),
+not as pickled arrays (three copies, and as many again to unpickle): at 128 px a batch of 95 is
+39 MB.
 Each worker process assembles one shard at a time from the batches it is sent
 (`ShardAssembler`, the same code the single-process path runs), so the bytes are those of any
 other distributor.  The renderer works ahead: up to `AHEAD` batches per worker wait in its
@@ -73,17 +74,19 @@ def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_don
     results: list[ShardStats] = []
     turn = 0
     launched: list[tuple[int, LaunchedBatch]] = []   # (worker, batch) queued on the device, not yet sent
-    transport = SharedTransport()
+    slots = SharedSlots()
 
     def send_launched() -> None:
         for number, batch in launched:
-            inboxes[number].put(("batch", transport.pack(batch.collect())))
+            inboxes[number].put(("batch", *slots.pack(batch.collect())))
         launched.clear()
 
     def handle(message) -> None:
         kind, number, *values = message
         if kind == "taken":
             in_flight[number] -= 1
+        elif kind == "free":
+            slots.release(values[0])
         elif kind == "batch":
             assigned[number].kept += values[0]
             assigned[number].considered += values[1]
@@ -185,6 +188,9 @@ def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[s
                 assembler.abort()
             outbox.put(("error", number, shard, f"{type(error).__name__}: {error}"))
             assembler = None
+        finally:
+            if message[0] == "batch" and message[2] is not None:
+                outbox.put(("free", number, message[2]))   # used or dropped: its slot may be written again
     if assembler is not None:
         assembler.abort()
 
@@ -193,30 +199,52 @@ def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[s
 PIXEL_FIELDS = ("images", "masks", "shifted")
 
 
-class SharedTransport:
-    """Puts a batch's pixels in shared memory for a queue, which then pickles only their handles.
+class SharedSlots:
+    """Shared-memory slots for the pixels of batches on their way to the workers.
 
-    The copy into shared memory happens here, in the caller's thread, so a failure (a small
-    /dev/shm, as in a default container) is met here rather than in the queue's feeder thread,
-    which would drop the batch.  After one failure batches go as plain arrays, pickled whole:
-    slower, same bytes."""
+    `pack` copies a batch into a free slot (a new one when none is free) and returns it with its
+    arrays as the slot's torch tensors, whose handles are all a queue pickles; the worker frees
+    the slot (`release`) once it has used the batch, and the slot is written again.  A fresh
+    shared-memory file per batch would cost its page faults every time: at 128 px a batch of 95
+    is 39 MB.  The copy happens in the caller's thread, so a failure (a small /dev/shm, as in a
+    default container) is met here rather than in the queue's feeder thread, which would drop
+    the batch; after one failure batches go as plain arrays, pickled whole: slower, same bytes."""
 
     def __init__(self) -> None:
+        self.slots: list[dict[str, torch.Tensor]] = []
+        self.free: list[int] = []
         self.failure: Exception | None = None
 
-    def pack(self, batch: RenderedBatch) -> RenderedBatch:
+    def pack(self, batch: RenderedBatch) -> tuple[RenderedBatch, int | None]:
+        """(the batch to send, its slot, or None when it goes as plain arrays)."""
         if self.failure is None:
             try:
-                return dataclasses.replace(batch, **{name: torch.from_numpy(getattr(batch, name)).share_memory_()
-                                                     for name in PIXEL_FIELDS})
+                slot = self._slot_for(batch)
+                tensors = self.slots[slot]
+                for name in PIXEL_FIELDS:
+                    tensors[name].copy_(torch.from_numpy(getattr(batch, name)))
+                return dataclasses.replace(batch, **tensors), slot
             except (RuntimeError, OSError) as error:
                 self.failure = error
                 warnings.warn(f"gen-synth: shared memory refused a batch ({error}); batches are pickled from now "
                               f"on, which costs more CPU time (is /dev/shm small?)", RuntimeWarning, stacklevel=2)
-        return batch
+        return batch, None
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def _slot_for(self, batch: RenderedBatch) -> int:
+        arrays = {name: getattr(batch, name) for name in PIXEL_FIELDS}
+        while self.free:
+            slot = self.free.pop()
+            if all(self.slots[slot][name].shape == array.shape for name, array in arrays.items()):
+                return slot
+        self.slots.append({name: torch.empty(array.shape, dtype=torch.from_numpy(array).dtype).share_memory_()
+                           for name, array in arrays.items()})
+        return len(self.slots) - 1
 
 
 def unpacked(batch: RenderedBatch) -> RenderedBatch:
-    """A batch as `SharedTransport.pack` sent it, with arrays again (views of the shared memory)."""
+    """A batch as `SharedSlots.pack` sent it, with arrays again (views of the shared memory)."""
     return dataclasses.replace(batch, **{name: getattr(batch, name).numpy() for name in PIXEL_FIELDS
                                          if isinstance(getattr(batch, name), torch.Tensor)})
