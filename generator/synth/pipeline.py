@@ -164,8 +164,10 @@ def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[s
     torch.set_num_threads(1)
     assembler: ShardAssembler | None = None
     while (message := inbox.get()) is not None:
+        slot = None
         if message[0] == "batch":
             outbox.put(("taken", number))
+            slot = message[2]
         try:
             if message[0] == "shard":
                 assembler = ShardAssembler(job, message[1], message[2])
@@ -174,6 +176,9 @@ def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[s
             if assembler is None or batch.shard != assembler.shard:
                 continue                          # rendered ahead for a shard already full
             kept, considered = assembler.add(batch)
+            if slot is not None:                  # read and encoded: the slot may be written again
+                outbox.put(("free", number, slot))
+                slot = None
             outbox.put(("batch", number, kept, considered))
             if assembler.full:
                 outbox.put(("done", number, assembler.finish()))
@@ -189,8 +194,8 @@ def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[s
             outbox.put(("error", number, shard, f"{type(error).__name__}: {error}"))
             assembler = None
         finally:
-            if message[0] == "batch" and message[2] is not None:
-                outbox.put(("free", number, message[2]))   # used or dropped: its slot may be written again
+            if slot is not None:                  # a batch dropped or failed: its slot is free too
+                outbox.put(("free", number, slot))
     if assembler is not None:
         assembler.abort()
 
