@@ -92,12 +92,9 @@ class ShardRenderer:
                     progress(kept, considered)
             return assembler.finish()
 
-    def render_batch(self, shard: int, first: int) -> "RenderedBatch":
-        """Candidates first .. first + batch_size - 1 of a shard: latents, G(z), G(z + h_bg), masks."""
-        return self.launch_batch(shard, first).collect()
-
     def launch_batch(self, shard: int, first: int) -> "LaunchedBatch":
-        """`render_batch`'s work, queued: on a GPU this returns once the generator's calls and the
+        """Candidates first .. first + batch_size - 1 of a shard: latents, G(z), G(z + h_bg), masks;
+        `collect()` gives them as arrays.  On a GPU this returns once the generator's calls and the
         copies of their results into pinned CPU memory are queued on the device, so the caller can
         queue the next batch behind them before it collects this one.  On a CPU it is all done."""
         counters = np.arange(first, first + self.settings.batch_size)
