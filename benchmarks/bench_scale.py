@@ -71,7 +71,6 @@ from generator.synth.main import synthesize  # noqa: E402
 from generator.synth.masks import synthesize_masks  # noqa: E402
 from generator.synth.pipeline import SharedSlots  # noqa: E402
 from generator.synth.settings import SynthSettings  # noqa: E402
-from generator.synth.worker import RenderedBatch  # noqa: E402
 
 SPECS = {
     "house": {"name": "house"},
@@ -113,13 +112,11 @@ def pack_rate(generator, batch: int, rounds: int = 6) -> float:
     costs the device nothing."""
     with torch.inference_mode():
         side = generator.generate(torch.zeros(1, generator.latent_dim, device=generator.device)).shape[-1]
+    from bench_handoff import fresh_batch
     rng = np.random.default_rng(0)
     slots, seconds = SharedSlots(), 0.0
     for round_ in range(rounds + 1):                   # the first round warms up
-        pixels = rng.random((2, batch, 3, side, side), dtype=np.float32)
-        rendered = RenderedBatch(shard=0, counters=np.arange(batch), z=np.zeros((batch, 1), np.float32),
-                                 source_index=np.zeros(batch, np.int64), images=pixels[0], shifted=pixels[1],
-                                 masks=pixels[0, :, 0] > pixels[1, :, 0])
+        rendered = fresh_batch(rng, side, batch)
         started = time.perf_counter()
         _, slot = slots.pack(rendered)
         seconds += (time.perf_counter() - started) if round_ else 0.0

@@ -81,15 +81,20 @@ def test_on_a_gpu_the_queued_batches_give_the_bytes_of_the_single_process_path(p
     assert shard_bytes(project / "shards") == shard_bytes(project / "reference")
 
 
+def random_batch(rng, shard=0, count=4, side=16):
+    """A batch as the renderer collects it, of random pixels."""
+    pixels = rng.random((2, count, 3, side, side), dtype=np.float32)
+    return RenderedBatch(shard=shard, counters=np.arange(count), z=rng.standard_normal((count, 8)),
+                         source_index=np.arange(count), images=pixels[0], shifted=pixels[1],
+                         masks=pixels[0, :, 0] > pixels[1, :, 0])
+
+
 def test_a_batch_travels_through_shared_memory_as_a_handle_and_arrives_whole():
-    rng = np.random.default_rng(0)
-    pixels = rng.random((2, 5, 3, 32, 32), dtype=np.float32)
-    batch = RenderedBatch(shard=3, counters=np.arange(5), z=rng.standard_normal((5, 8)), source_index=np.arange(5),
-                          images=pixels[0], shifted=pixels[1], masks=pixels[0, :, 0] > pixels[1, :, 0])
+    batch = random_batch(np.random.default_rng(0), shard=3, count=5, side=32)
     packed, slot = SharedSlots().pack(batch)
     assert slot == 0
     sent = ForkingPickler.dumps(packed)
-    assert len(sent) < pixels.nbytes / 10                      # the pixels did not go into the pickle
+    assert len(sent) < 2 * batch.images.nbytes / 10            # the pixels did not go into the pickle
     arrived = unpacked(pickle.loads(sent))
     for name in ("images", "shifted", "masks", "counters", "z"):
         assert isinstance(getattr(arrived, name), np.ndarray)
@@ -111,19 +116,13 @@ def test_without_shared_memory_batches_are_pickled_with_a_warning_and_the_same_b
 
 def test_a_freed_slot_is_written_again_and_a_busy_one_never():
     rng = np.random.default_rng(1)
-
-    def batch(shard):
-        pixels = rng.random((2, 4, 3, 16, 16), dtype=np.float32)
-        return RenderedBatch(shard=shard, counters=np.arange(4), z=np.zeros((4, 2)), source_index=np.arange(4),
-                             images=pixels[0], shifted=pixels[1], masks=pixels[0, :, 0] > 0.5)
-
     slots = SharedSlots()
-    first, second = batch(0), batch(1)
+    first, second = random_batch(rng, 0), random_batch(rng, 1)
     (packed_first, slot_first), (packed_second, slot_second) = slots.pack(first), slots.pack(second)
     assert slot_first != slot_second                              # the first is still in use
     np.testing.assert_array_equal(packed_first.images.numpy(), first.images)
     slots.release(slot_first)
-    third = batch(2)
+    third = random_batch(rng, 2)
     packed_third, slot_third = slots.pack(third)
     assert slot_third == slot_first and len(slots.slots) == 2
     np.testing.assert_array_equal(packed_third.images.numpy(), third.images)
