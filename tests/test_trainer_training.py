@@ -227,7 +227,10 @@ def test_a_run_resumes_on_the_gpu_and_a_gpu_checkpoint_on_the_cpu(disc_shards, t
     resumed = train(tiny_config(disc_shards, tmp_path / "b", steps=6, device="cuda", bf16=False), progress=False)
     assert resumed.resumed_from == 3
     expected = [row["loss"] for row in uninterrupted.history["train"]]
-    assert [row["loss"] for row in resumed.history["train"]] == pytest.approx(expected, rel=1e-4)
+    # cuDNN's kernels are not bitwise reproducible from run to run: on an H200 the two runs part
+    # by about 1e-3 at step 4, whose loss follows only updates both made from scratch.  A resume
+    # that lost Adam's state parts by about 4% at step 5, one that lost the data order by more.
+    assert [row["loss"] for row in resumed.history["train"]] == pytest.approx(expected, rel=5e-3)
     convolution = next(weights for weights in resumed.model.parameters() if weights.dim() == 4)
     assert convolution.is_cuda and convolution.is_contiguous(memory_format=torch.channels_last)
     on_cpu = train(tiny_config(disc_shards, tmp_path / "b", steps=8, device="cpu"), progress=False)
