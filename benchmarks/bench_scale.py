@@ -3,7 +3,7 @@
     python benchmarks/bench_scale.py                         # CPU: the house generator
     python benchmarks/bench_scale.py --quick                 # the same, tiny (a smoke test)
     python benchmarks/bench_scale.py --device cuda --generator standin --generator house \\
-        --n 10000 --shard-size 1000 --batch-size 95 --workers 12 --trainer   # a GPU: a few minutes
+        --n 24000 --shard-size 500 --batch-size 95 --workers 12 --trainer   # a GPU: a few minutes
 
 For each generator, rows measured one after the other:
   forward      G(z) and G(z + h) for a batch, nothing else (on CPU with one torch thread, as the
@@ -14,9 +14,13 @@ For each generator, rows measured one after the other:
   single       gen-synth with everything in one process (--workers 1): today's path on a GPU
   pipeline     gen-synth with G in this process and --workers processes post-processing
   processes    (CPU only) gen-synth with whole shards in --workers processes
-Each gen-synth row gives candidates/s (what G renders), kept samples/s, and the ratio of its
-candidates/s to the forward row's; its time includes starting worker processes (a second or
-two), so small --n understates the pipeline's sustained rate.  The `standin` generator is benchmarks/bigbigan_standin.py,
+Each gen-synth path runs twice, for --n and --short-n kept samples: the difference of the two
+runs is the steady rate, without the start-up both pay (starting the worker processes, seconds on
+some machines), and the row gives that steady candidates/s (what G renders), kept samples/s, the
+ratio of its candidates/s to the forward row's, the start-up, and over the --n run the share of
+the wall time the device spent in G and the share the post-processing processes were busy (which
+of the two holds the rate back; when neither is near 100%, the renderer process itself does).
+The `standin` generator is benchmarks/bigbigan_standin.py,
 BigGAN's 128 x 128 generator with random weights (BigBiGAN's cost); its direction's sign is
 chosen so about a quarter of the pixels move, and its runs keep every candidate (no histogram
 test, size bounds 0 to 1: random weights draw no object the paper's filters would pass), so its
@@ -139,17 +143,54 @@ def chosen_shift(generator, magnitude: float) -> torch.Tensor:
     return sign * shift
 
 
+@dataclasses.dataclass
+class Run:
+    """One gen-synth run: its totals, wall time and the busy seconds its shards recorded."""
+
+    candidates: int
+    samples: int
+    seconds: float
+    generate_s: float        # device (or CPU) time in G, summed over batches
+    postprocess_s: float     # post-processing time, summed over the processes doing it
+
+
 def end_to_end(name: str, generator, direction: Path, output: Path, distributor: str, workers: int,
-               args) -> tuple[float, float]:
-    """gen-synth's (candidates/s, samples/s) over a fresh run into `output`."""
-    settings = SynthSettings(n=args.n, shard_size=args.shard_size, batch_size=args.batch_size, sampler="gaussian",
+               n: int, args) -> Run:
+    """A fresh gen-synth run of n kept samples into `output`."""
+    settings = SynthSettings(n=n, shard_size=args.shard_size, batch_size=args.batch_size, sampler="gaussian",
                              workers=workers, device=args.device, distributor=distributor, resume=False,
                              output=str(output), direction=str(direction), max_candidates_per_sample=200,
                              filters=FILTERS[name])
     with contextlib.redirect_stderr(io.StringIO()):
         summary = synthesize(settings, SPECS[name], overwrite=True, generator=generator, echo=lambda *a, **k: None)
     totals = summary.manifest["totals"]
-    return totals["candidates"] / summary.seconds, totals["samples"] / summary.seconds
+    busy = {key: sum(stats.timing.get(key, 0.0) for stats in summary.made) for key in ("generate_s", "postprocess_s")}
+    return Run(totals["candidates"], totals["samples"], summary.seconds, **busy)
+
+
+@dataclasses.dataclass
+class PathRow:
+    """A gen-synth path's figures: steady rates (from two run lengths) and where the time went."""
+
+    candidates: float        # per second, steady
+    samples: float
+    start_up: float | None   # seconds both runs pay; None when the runs were too short to tell
+    g_busy: float            # share of the long run's wall time spent in G
+    workers_busy: float      # share of the post-processing processes' wall time spent working
+
+
+def path_row(long: Run, short: Run, g_processes: int, postprocess_processes: int) -> PathRow:
+    """Steady rates from the difference of two runs; the long run's own rates when the difference
+    is too small to mean anything (tiny --quick runs)."""
+    extra = long.seconds - short.seconds
+    if extra > 0.05 * long.seconds and long.candidates > short.candidates:
+        candidates = (long.candidates - short.candidates) / extra
+        samples = (long.samples - short.samples) / extra
+        start_up = max(0.0, long.seconds - long.candidates / candidates)
+    else:
+        candidates, samples, start_up = long.candidates / long.seconds, long.samples / long.seconds, None
+    return PathRow(candidates, samples, start_up, long.generate_s / (g_processes * long.seconds),
+                   long.postprocess_s / (postprocess_processes * long.seconds))
 
 
 def pipeline_direction_for(generator, path: str):
@@ -169,7 +210,8 @@ def failure(error: Exception) -> str:
 
 
 def bench_generator(name: str, args, folder: Path) -> Iterator[tuple]:
-    """(generator, path, processes, candidates/s, samples/s or None, or a failure's text) rows, as measured."""
+    """(generator, path, processes, value) rows, as measured; the value is candidates/s (forward,
+    hand-off), a PathRow (gen-synth) or a failure's text."""
     spec = SPECS[name]
     device = torch.device(args.device)
     threads = torch.get_num_threads()
@@ -187,22 +229,24 @@ def bench_generator(name: str, args, folder: Path) -> Iterator[tuple]:
                                              chosen_by="params"), direction)
     forward = forward_rate(generator, shift.to(device), args.batch_size, args.seconds)
     torch.set_num_threads(threads)
-    yield name, "forward", 1, forward, None
+    yield name, "forward", 1, forward
     try:
-        yield name, "hand-off", 1, pack_rate(generator, args.batch_size), None
+        yield name, "hand-off", 1, pack_rate(generator, args.batch_size)
     except Exception as error:  # noqa: BLE001  (no shared memory: the pipeline pickles instead)
-        yield name, "hand-off", 1, None, failure(error)
+        yield name, "hand-off", 1, failure(error)
     paths = [("single", "multiprocessing", 1), ("pipeline", "pipeline", args.workers)]
     if device.type == "cpu":
         paths.append(("processes", "multiprocessing", args.workers))
     for label, distributor, workers in paths:
         try:
-            candidates, samples = end_to_end(name, generator, direction, folder / f"{name}-{label}", distributor,
-                                             workers, args)
+            # the long run first: what only a first run pays then counts against the steady rate
+            long, short = (end_to_end(name, generator, direction, folder / f"{name}-{label}{suffix}", distributor,
+                                      workers, n, args) for suffix, n in (("", args.n), ("-short", args.short_n)))
         except Exception as error:  # noqa: BLE001  (one path failing leaves the others to measure)
-            yield name, label, workers, None, failure(error)
+            yield name, label, workers, failure(error)
             continue
-        yield name, label, workers, candidates, samples
+        # the pipeline runs G in one process; the other paths run it where they post-process
+        yield name, label, workers, path_row(long, short, 1 if label == "pipeline" else workers, workers)
 
 
 def bench_trainer(shards: Path, args, folder: Path) -> Iterator[tuple[str, str]]:
@@ -215,7 +259,8 @@ def bench_trainer(shards: Path, args, folder: Path) -> Iterator[tuple[str, str]]
     urls = [str(p) for p in sorted(shards.glob("synth-*.tar"))]
     device = torch.device(args.device)
     batch, size = args.unet_batch, args.unet_size
-    for workers in sorted({2, args.loader_workers}):
+    # at most one worker per shard, as train-unet allows (webdataset splits shards among workers)
+    for workers in sorted({loader_workers(count, len(urls), 1) for count in (2, args.loader_workers)}):
         label = f"loader ceiling, {workers} workers, batch {batch} (no model)"
         try:
             yield label, f"{loader_rate(urls, workers, batch, args.loader_batches):.0f} samples/s"
@@ -272,7 +317,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", action="append", choices=sorted(SPECS), help="house (default), standin")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--n", type=int, default=1000, help="kept samples per gen-synth run")
+    parser.add_argument("--n", type=int, default=2000, help="kept samples of a gen-synth path's long run")
+    parser.add_argument("--short-n", type=int, default=None,
+                        help="kept samples of its short run (default: about a quarter of --n, in whole rounds "
+                             "of --workers x --shard-size)")
     parser.add_argument("--shard-size", type=int, default=250)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2, help="post-processing or shard processes")
@@ -293,9 +341,17 @@ def main() -> None:
     if args.compile is None:
         args.compile = torch.device(args.device).type == "cuda"
     if args.quick:
-        args.n, args.shard_size, args.batch_size, args.seconds = 40, 20, 8, 0.5
+        args.n, args.short_n, args.shard_size, args.batch_size, args.seconds = 40, 20, 10, 8, 0.5
         args.loader_workers, args.loader_batches, args.unet_steps = 1, 2, 2
         args.unet_batch, args.unet_size = 2, 32
+    # both runs end on a full round of shards, one per process, so neither leaves processes idle
+    # for longer than the other: their difference is then the steady rate
+    round_ = args.workers * args.shard_size
+    if args.short_n is None:
+        args.short_n = round_ * max(1, round(args.n / 4 / round_))
+    if args.short_n < round_ or args.n < 2 * args.short_n:
+        parser.error(f"--short-n ({args.short_n}) must be at least --workers x --shard-size ({round_}) and --n "
+                     f"({args.n}) at least twice --short-n: give --n {2 * max(args.short_n, round_)} or more")
     generators = args.generator or ["house"]
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
@@ -303,17 +359,23 @@ def main() -> None:
         print(f"device {args.device}, n {args.n}, shard size {args.shard_size}, batch {args.batch_size}, "
               f"workers {args.workers}, torch {torch.__version__}, "
               + (f"/dev/shm {shm.free / 2 ** 30:.1f} of {shm.total / 2 ** 30:.1f} GiB free" if shm else "no /dev/shm"))
-        print(f"{'generator':<10} {'path':<10} {'procs':>5} {'candidates/s':>13} {'samples/s':>10} {'of forward':>10}")
+        print(f"gen-synth rows: steady rates from runs of {args.n} and {args.short_n} kept samples")
+        print(f"{'generator':<10} {'path':<10} {'procs':>5} {'candidates/s':>13} {'samples/s':>10} {'of forward':>10} "
+              f"{'start-up':>9} {'G busy':>7} {'post busy':>9}")
         for name in generators:
             forward = None
-            for generator, label, workers, candidates, samples in bench_generator(name, args, folder):
-                if candidates is None:
-                    print(f"{generator:<10} {label:<10} {workers:>5} {samples}", flush=True)
-                    continue
-                forward = forward or candidates
-                kept = "" if samples is None else f"{samples:.1f}"
-                print(f"{generator:<10} {label:<10} {workers:>5} {candidates:>13.1f} {kept:>10} "
-                      f"{100 * candidates / forward:>9.0f}%", flush=True)
+            for generator, label, workers, value in bench_generator(name, args, folder):
+                head = f"{generator:<10} {label:<10} {workers:>5}"
+                if isinstance(value, str):
+                    print(f"{head} {value}", flush=True)
+                elif isinstance(value, PathRow):
+                    of_forward = f"{100 * value.candidates / forward:>9.0f}%" if forward else f"{'':>10}"
+                    start_up = "?" if value.start_up is None else f"{value.start_up:.1f} s"
+                    print(f"{head} {value.candidates:>13.1f} {value.samples:>10.1f} {of_forward} {start_up:>9} "
+                          f"{100 * value.g_busy:>6.0f}% {100 * value.workers_busy:>8.0f}%", flush=True)
+                else:
+                    forward = forward or value
+                    print(f"{head} {value:>13.1f} {'':>10} {100 * value / forward:>9.0f}%", flush=True)
         if args.trainer:
             # BigBiGAN's size (the standin's 128 px shards) when it ran: the production run's decode cost.
             source = "standin" if "standin" in generators else generators[-1]
