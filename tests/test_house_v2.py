@@ -134,6 +134,28 @@ def test_gan_and_encoder_steps_run_under_bf16_autocast(tmp_path, tiny_pack, monk
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
 
 
+def test_the_encoder_can_still_learn_after_a_spell_of_images_that_say_nothing_of_z():
+    # Early in training G's images carry almost nothing of z, so the best guess is the mean code;
+    # an encoder whose last features all fell below a ReLU's zero then stayed a constant for good.
+    torch.manual_seed(0)
+    encoder = build_networks(HouseV2Config(resolution=32), discriminator_width=2)[2]
+    optimiser = torch.optim.Adam(encoder.parameters(), 1e-3)     # the trainer's encoder settings
+    noise = torch.Generator().manual_seed(1)
+    for _ in range(100):
+        images = torch.rand(16, 3, 32, 32, generator=noise) * 2 - 1
+        loss = torch.nn.functional.mse_loss(encoder(images), torch.randn(16, 128, generator=noise))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    images = torch.rand(16, 3, 32, 32, generator=noise) * 2 - 1
+    codes = encoder(images)
+    assert codes.detach().std(dim=0).mean() > 1e-4            # codes still depend on the image
+    optimiser.zero_grad()
+    torch.nn.functional.mse_loss(codes, torch.randn(16, 128, generator=noise)).backward()
+    first_layer = next(encoder.features.parameters())
+    assert first_layer.grad.abs().sum() > 0                    # and a gradient still reaches the pixels' layer
+
+
 def test_float16_export_loads_as_float32(tmp_path):
     generator, _, encoder = build_networks(HouseV2Config(latent_dim=8, resolution=32, width=2, encoder_width=2), 2)
     generator.eval()

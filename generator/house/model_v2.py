@@ -288,7 +288,13 @@ class HouseV2EncoderNet(nn.Module):
         super().__init__()
         self.config = config
         self.features, channels = _down_stack(config, config.encoder_width, norm="group")
+        # The residual stack's output has no norm of its own: early in training, while G's images
+        # still say little about z, the best guess is the mean code, and Adam drove every feature
+        # below zero within a hundred steps, where a ReLU passes no gradient ever again (the
+        # encoder's codes were then one constant).  A group norm keeps the features centred and a
+        # leaky ReLU keeps a gradient.
+        self.out_norm = nn.GroupNorm(_groups(channels), channels)
         self.head = nn.Linear(channels * SEED_SIDE ** 2, config.latent_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(F.relu(self.features(images)).flatten(1))
+        return self.head(F.leaky_relu(self.out_norm(self.features(images)), 0.2).flatten(1))
