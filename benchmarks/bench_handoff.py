@@ -11,8 +11,8 @@ at most two batches in flight as in the pipeline, and gives the batches/s and ca
 queue carries and the sending process's CPU time per batch (its feeder thread included):
   pickled   the arrays pickled into the queue, as plain arrays are
   shared    the pipeline's way (generator/synth/pipeline.py, `SharedSlots` / `unpacked`): the
-            arrays copied into a shared-memory slot the worker frees once it has read the batch,
-            only the slot's handles pickled
+            arrays copied into a named shared-memory block (a slot) the worker maps once and frees
+            once it has read the batch, only the block's name and the arrays' places pickled
 Rounds alternate between the two, so a change in the machine's load hits both alike.
 """
 
@@ -83,6 +83,7 @@ def carry(shared: bool, size: int, batch: int, count: int) -> tuple[float, float
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     inbox.put(None)
     worker.join()
+    slots.close()
     return count / wall, 1000 * cpu / count
 
 

@@ -119,14 +119,17 @@ def pack_rate(generator, batch: int, rounds: int = 6) -> float:
     from bench_handoff import fresh_batch
     rng = np.random.default_rng(0)
     slots, seconds = SharedSlots(), 0.0
-    for round_ in range(rounds + 1):                   # the first round warms up
-        rendered = fresh_batch(rng, side, batch)
-        started = time.perf_counter()
-        _, slot = slots.pack(rendered)
-        seconds += (time.perf_counter() - started) if round_ else 0.0
-        if slots.failure is not None:
-            raise slots.failure
-        slots.release(slot)                           # as a worker does once it has read the batch
+    try:
+        for round_ in range(rounds + 1):               # the first round warms up
+            rendered = fresh_batch(rng, side, batch)
+            started = time.perf_counter()
+            _, slot = slots.pack(rendered)
+            seconds += (time.perf_counter() - started) if round_ else 0.0
+            if slots.failure is not None:
+                raise slots.failure
+            slots.release(slot)                       # as a worker does once it has read the batch
+    finally:
+        slots.close()
     return rounds * batch / seconds
 
 

@@ -2,12 +2,15 @@
 of the single-process path however the work is split, and stops with a shard's error."""
 
 import pickle
+import shutil
+from multiprocessing import shared_memory
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import pytest
 import torch
 
+from generator.synth import pipeline
 from generator.synth.pipeline import AHEAD, SharedSlots, unpacked
 from generator.synth.worker import LaunchedBatch, RenderedBatch, ShardAssembler, ShardRenderer
 from tests.test_synth_gen import project, run, shard_bytes, write_params  # noqa: F401 (fixture)
@@ -91,7 +94,8 @@ def random_batch(rng, shard=0, count=4, side=16):
 
 def test_a_batch_travels_through_shared_memory_as_a_handle_and_arrives_whole():
     batch = random_batch(np.random.default_rng(0), shard=3, count=5, side=32)
-    packed, slot = SharedSlots().pack(batch)
+    slots = SharedSlots()
+    packed, slot = slots.pack(batch)
     assert slot == 0
     sent = ForkingPickler.dumps(packed)
     assert len(sent) < 2 * batch.images.nbytes / 10            # the pixels did not go into the pickle
@@ -99,15 +103,17 @@ def test_a_batch_travels_through_shared_memory_as_a_handle_and_arrives_whole():
     for name in ("images", "shifted", "masks", "counters", "z"):
         assert isinstance(getattr(arrived, name), np.ndarray)
         np.testing.assert_array_equal(getattr(arrived, name), getattr(batch, name))
+    name = packed.images.block
+    del arrived
+    slots.close()                                               # the blocks are unlinked
+    with pytest.raises(FileNotFoundError):
+        shared_memory.SharedMemory(name=name)
 
 
 def test_without_shared_memory_batches_are_pickled_with_a_warning_and_the_same_bytes(project, monkeypatch):
-    def refused(tensor):
-        raise RuntimeError("unable to write to file </torch_1_2>: No space left on device (28)")
-
     write_params(project, **SETTINGS, workers=1, output="reference")
     run()
-    monkeypatch.setattr(torch.Tensor, "share_memory_", refused)
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(64, 64, 0))
     write_params(project, **SETTINGS, workers=2, distributor="pipeline")
     with pytest.warns(RuntimeWarning, match="shared memory refused a batch"):
         run()
@@ -120,22 +126,33 @@ def test_a_freed_slot_is_written_again_and_a_busy_one_never():
     first, second = random_batch(rng, 0), random_batch(rng, 1)
     (packed_first, slot_first), (packed_second, slot_second) = slots.pack(first), slots.pack(second)
     assert slot_first != slot_second                              # the first is still in use
-    np.testing.assert_array_equal(packed_first.images.numpy(), first.images)
+    np.testing.assert_array_equal(unpacked(packed_first).images, first.images)
     slots.release(slot_first)
     third = random_batch(rng, 2)
     packed_third, slot_third = slots.pack(third)
-    assert slot_third == slot_first and len(slots.slots) == 2
-    np.testing.assert_array_equal(packed_third.images.numpy(), third.images)
-    np.testing.assert_array_equal(packed_second.images.numpy(), second.images)   # untouched
+    assert slot_third == slot_first and len(slots.blocks) == 2
+    np.testing.assert_array_equal(unpacked(packed_third).images, third.images)
+    np.testing.assert_array_equal(unpacked(packed_second).images, second.images)   # untouched
+    bigger = random_batch(rng, 3, side=32)                        # another size never reuses a slot
+    slots.release(slot_third)
+    assert slots.pack(bigger)[1] == 2
+    slots.close()
 
 
 def test_the_pipeline_reuses_its_slots(project, monkeypatch):
-    made, packed = [], []
+    made, slots_used = [], []
     init, pack = SharedSlots.__init__, SharedSlots.pack
+
+    def packing(slots, batch):
+        packed = pack(slots, batch)
+        slots_used.append(packed[1])
+        return packed
+
     monkeypatch.setattr(SharedSlots, "__init__", lambda slots: made.append(slots) or init(slots))
-    monkeypatch.setattr(SharedSlots, "pack", lambda slots, batch: packed.append(batch.shard) or pack(slots, batch))
+    monkeypatch.setattr(SharedSlots, "pack", packing)
     write_params(project, **SETTINGS, workers=2, distributor="pipeline")
     run()
     slots, = made
-    # A worker holds at most AHEAD batches in its queue and one in hand.
-    assert 1 <= len(slots.slots) <= 2 * (AHEAD + 1) < len(packed)
+    # A worker holds at most AHEAD batches in its queue and one in hand; the blocks are unlinked at the end.
+    assert slots.blocks == [] and None not in slots_used
+    assert 1 <= len(set(slots_used)) <= 2 * (AHEAD + 1) < len(slots_used)

@@ -6,9 +6,9 @@ Here this process only samples latents and renders G(z), G(z + h_bg) and the mas
 batch, and on a GPU it queues each batch (its generator calls and its copy to pinned CPU memory)
 before it collects and sends the one before, so the device always has the next batch to work on
 while this process waits for a copy or hands a batch over.  A batch's pixels travel in shared
-memory slots, reused once a worker is done with them (one copy; the queue pickles only handles),
-not as pickled arrays (three copies, and as many again to unpickle): at 128 px a batch of 95 is
-39 MB.
+memory slots, named blocks each worker maps once and that are reused once a worker is done with
+them (one copy; the queue carries only names and offsets), not as pickled arrays (three copies,
+and as many again to unpickle): at 128 px a batch of 95 is 39 MB.
 Each worker process assembles one shard at a time from the batches it is sent
 (`ShardAssembler`, the same code the single-process path runs), so the bytes are those of any
 other distributor.  The renderer works ahead: up to `AHEAD` batches per worker wait in its
@@ -21,8 +21,11 @@ import dataclasses
 import multiprocessing
 import os
 import queue
+import shutil
 import warnings
+from multiprocessing import shared_memory
 
+import numpy as np
 import torch
 
 from generator.interface import Generator
@@ -50,9 +53,10 @@ def pipeline_distributor(job: RenderJob, shards: list[tuple[int, int]], workers:
                  for number, inbox in enumerate(inboxes)]
     for process in processes:
         process.start()
+    slots = SharedSlots()
     try:
         renderer = ShardRenderer(job, generator)
-        return _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_done, WorkerFailed)
+        return _feed(renderer, job, shards, inboxes, processes, outbox, slots, progress, shard_done, WorkerFailed)
     finally:
         for inbox in inboxes:
             inbox.put(None)
@@ -61,10 +65,11 @@ def pipeline_distributor(job: RenderJob, shards: list[tuple[int, int]], workers:
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5)
+        slots.close()                                # after the workers: nothing reads them any more
         torch.set_num_threads(threads)
 
 
-def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_done, WorkerFailed):
+def _feed(renderer, job, shards, inboxes, processes, outbox, slots, progress, shard_done, WorkerFailed):
     settings = job.settings
     budget = settings.max_candidates_per_sample * settings.shard_size
     todo = list(reversed(shards))
@@ -74,7 +79,6 @@ def _feed(renderer, job, shards, inboxes, processes, outbox, progress, shard_don
     results: list[ShardStats] = []
     turn = 0
     launched: list[tuple[int, LaunchedBatch]] = []   # (worker, batch) queued on the device, not yet sent
-    slots = SharedSlots()
 
     def send_launched() -> None:
         for number, batch in launched:
@@ -202,21 +206,37 @@ def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[s
 
 #: The arrays of a batch that are images, which travel through shared memory.
 PIXEL_FIELDS = ("images", "masks", "shifted")
+#: Where shared-memory blocks live on Linux: a block is refused when it would not fit there.
+SHARED_MEMORY_FOLDER = "/dev/shm"
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotArray:
+    """Where one array of a batch lies in a named shared-memory block: what a queue carries
+    instead of its pixels (a few dozen bytes)."""
+
+    block: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
 
 
 class SharedSlots:
-    """Shared-memory slots for the pixels of batches on their way to the workers.
+    """Named shared-memory blocks ("slots") for the pixels of batches on their way to the workers.
 
     `pack` copies a batch into a free slot (a new one when none is free) and returns it with its
-    arrays as the slot's torch tensors, whose handles are all a queue pickles; the worker frees
-    the slot (`release`) once it has used the batch, and the slot is written again.  A fresh
-    shared-memory file per batch would cost its page faults every time: at 128 px a batch of 95
-    is 39 MB.  The copy happens in the caller's thread, so a failure (a small /dev/shm, as in a
-    default container) is met here rather than in the queue's feeder thread, which would drop
-    the batch; after one failure batches go as plain arrays, pickled whole: slower, same bytes."""
+    arrays replaced by `SlotArray`s; a worker maps each block once, by name, and keeps it mapped
+    (`unpacked`), and frees the slot (`release`) once it has used the batch, so the slot is
+    written again.  Nothing is created, mapped or page-faulted per batch after the first few:
+    passing a file descriptor per array (what a shared torch tensor does) costs a socket round
+    trip to this process and a fresh mapping each time, and at 128 px a batch of 95 is 39 MB.
+    A block that would not fit in /dev/shm (a default container's is 64 MB) is refused here,
+    before any write: after one refusal batches go as plain arrays, pickled whole, which is
+    slower and gives the same bytes.  `close` unlinks every block."""
 
     def __init__(self) -> None:
-        self.slots: list[dict[str, torch.Tensor]] = []
+        self.blocks: list[shared_memory.SharedMemory] = []
+        self.layouts: list[dict[str, SlotArray]] = []
         self.free: list[int] = []
         self.failure: Exception | None = None
 
@@ -225,11 +245,10 @@ class SharedSlots:
         if self.failure is None:
             try:
                 slot = self._slot_for(batch)
-                tensors = self.slots[slot]
-                for name in PIXEL_FIELDS:
-                    tensors[name].copy_(torch.from_numpy(getattr(batch, name)))
-                return dataclasses.replace(batch, **tensors), slot
-            except (RuntimeError, OSError) as error:
+                for name, place in self.layouts[slot].items():
+                    np.copyto(_view(self.blocks[slot], place), getattr(batch, name))
+                return dataclasses.replace(batch, **self.layouts[slot]), slot
+            except OSError as error:
                 self.failure = error
                 warnings.warn(f"gen-synth: shared memory refused a batch ({error}); batches are pickled from now "
                               f"on, which costs more CPU time (is /dev/shm small?)", RuntimeWarning, stacklevel=2)
@@ -238,18 +257,48 @@ class SharedSlots:
     def release(self, slot: int) -> None:
         self.free.append(slot)
 
+    def close(self) -> None:
+        """Unlink every block; mappings made by `unpacked` stay valid until their process exits."""
+        for block in self.blocks:
+            block.close()
+            block.unlink()
+        self.blocks, self.layouts, self.free = [], [], []
+
     def _slot_for(self, batch: RenderedBatch) -> int:
-        arrays = {name: getattr(batch, name) for name in PIXEL_FIELDS}
+        arrays = {name: np.asarray(getattr(batch, name)) for name in PIXEL_FIELDS}
+        wanted = {name: (array.shape, array.dtype.str) for name, array in arrays.items()}
         while self.free:
             slot = self.free.pop()
-            if all(self.slots[slot][name].shape == array.shape for name, array in arrays.items()):
+            if {name: (place.shape, place.dtype) for name, place in self.layouts[slot].items()} == wanted:
                 return slot
-        self.slots.append({name: torch.empty(array.shape, dtype=torch.from_numpy(array).dtype).share_memory_()
-                           for name, array in arrays.items()})
-        return len(self.slots) - 1
+        offsets, size = {}, 0
+        for name, array in arrays.items():
+            offsets[name] = size
+            size += -(-array.nbytes // 64) * 64      # each array starts on a cache line
+        if os.path.isdir(SHARED_MEMORY_FOLDER) and shutil.disk_usage(SHARED_MEMORY_FOLDER).free < size:
+            raise OSError(f"no room for a {size / 2 ** 20:.0f} MiB block in {SHARED_MEMORY_FOLDER}")
+        block = shared_memory.SharedMemory(create=True, size=max(1, size))
+        self.blocks.append(block)
+        self.layouts.append({name: SlotArray(block.name, offsets[name], array.shape, array.dtype.str)
+                             for name, array in arrays.items()})
+        return len(self.blocks) - 1
+
+
+#: Blocks this process has mapped by name, kept mapped for its life (a worker's whole run).
+_ATTACHED: dict[str, shared_memory.SharedMemory] = {}
+
+
+def _view(block: shared_memory.SharedMemory, place: SlotArray) -> np.ndarray:
+    return np.ndarray(place.shape, np.dtype(place.dtype), buffer=block.buf, offset=place.offset)
 
 
 def unpacked(batch: RenderedBatch) -> RenderedBatch:
     """A batch as `SharedSlots.pack` sent it, with arrays again (views of the shared memory)."""
-    return dataclasses.replace(batch, **{name: getattr(batch, name).numpy() for name in PIXEL_FIELDS
-                                         if isinstance(getattr(batch, name), torch.Tensor)})
+    arrays = {}
+    for name in PIXEL_FIELDS:
+        place = getattr(batch, name)
+        if isinstance(place, SlotArray):
+            if place.block not in _ATTACHED:
+                _ATTACHED[place.block] = shared_memory.SharedMemory(name=place.block)
+            arrays[name] = _view(_ATTACHED[place.block], place)
+    return dataclasses.replace(batch, **arrays)
