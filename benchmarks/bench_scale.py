@@ -3,7 +3,7 @@
     python benchmarks/bench_scale.py                         # CPU: the house generator
     python benchmarks/bench_scale.py --quick                 # the same, tiny (a smoke test)
     python benchmarks/bench_scale.py --device cuda --generator standin --generator house \\
-        --n 24000 --shard-size 500 --batch-size 95 --workers 12 --trainer   # a GPU: a few minutes
+        --n 18000 --shard-size 500 --batch-size 95 --workers 12 --trainer   # a GPU: a few minutes
 
 For each generator, rows measured one after the other:
   forward      G(z) and G(z + h) for a batch, nothing else (on CPU with one torch thread, as the
