@@ -427,3 +427,19 @@ def test_gpu_train_script_says_what_is_missing(tmp_path):
     done = subprocess.run(["bash", script, str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True,
                           text=True)
     assert done.returncode == 4 and "house_photos_128.pt is missing" in done.stderr
+
+
+def test_gpu_run_trains_the_layered_design_too(tmp_path, tiny_pack, capsys):
+    from generator.house.gpu_run import main as gpu_run
+
+    common = ["--pack", str(tiny_pack), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+              "--device", "cpu", "--architecture", "layered"]
+    with pytest.raises(SystemExit) as refused:
+        gpu_run([*common, "--encoder-width", "4"])
+    assert refused.value.code == 2 and "--encoder-width is v2's only" in capsys.readouterr().err
+    gpu_run([*common, "--minutes", "2", "--export-reserve", "5", "--steps", "2", "--encoder-steps", "1",
+             "--batch-size", "2", "--resolution", "32", "--width", "2", "--discriminator-width", "2",
+             "--latent-dim", "40", "--calibration-images", "4", "--limit", "4"])
+    house = build_generator({"name": "house", "weights": str(tmp_path / "out" / "house_gan.pt")})
+    assert house.architecture == "layered" and house.resolution == 32 and house.config.width == 2
+    assert "training layered" in capsys.readouterr().out

@@ -1,6 +1,7 @@
-"""One command that retrains the house generator v2 on a bare PyTorch machine within a time budget.
+"""One command that retrains the house generator on a bare PyTorch machine within a time budget.
 
     python3 -m generator.house.gpu_run --pack data/house_photos_128.pt --out "$OUT" --minutes 8
+    python3 -m generator.house.gpu_run ... --architecture layered    # the shipped default's design
 
 It needs only Python, torch and a JPEG decoder.  When Pillow does not import, the Pillow wheel in
 `--wheels` (default data/wheels, fetched beforehand with `pip download`, see README) is unpacked
@@ -9,8 +10,9 @@ and says so.  Then it:
 
 1. reports Python, torch, CUDA and the device, and decodes the whole pack once into a uint8 tensor
    on the device (setup time is measured and taken off the budget);
-2. trains v2 (`generator.house.training.train`: bf16 autocast, channels_last, device-side random
-   streams, optional torch.compile) until the budget, minus the export reserve, is spent;
+2. trains v2 or, with `--architecture layered`, the layered design (`generator.house.training.train`:
+   bf16 autocast, channels_last, device-side random streams, optional torch.compile) until the
+   budget, minus the export reserve, is spent;
 3. exports to --out: `house_gan.pt` (EMA generator + encoder, float16), `samples.png`,
    `reconstructions.png` (photos, then G(E(photo))), `train_log.jsonl`, `settings.json` and
    `timing.json` (setup, training and total seconds, steps, steps/s and images/s per phase).
@@ -37,6 +39,11 @@ from pathlib import Path
 from generator.wheels import import_from_wheels
 
 STARTED = time.monotonic()
+#: What this command trains (architectures made for photos at 128 px on a GPU; v1 is the old CPU DCGAN).
+GPU_ARCHITECTURES = ("v2", "layered")
+#: Generator widths here, where they differ from the architecture's default: the layered design's 32
+#: is for 64 px; at 128 px, 16 keeps about its parameters (1.3 M) and the shipped files under 20 MiB.
+GPU_WIDTHS = {"layered": 16}
 
 
 def say(message: str) -> None:
@@ -110,13 +117,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1_000_000, help="upper bound of GAN steps")
     parser.add_argument("--encoder-steps", type=int, default=1_000_000, help="upper bound of encoder steps")
     parser.add_argument("--batch-size", type=int, default=256, help="photos and generated images per step")
+    parser.add_argument("--architecture", choices=GPU_ARCHITECTURES, default="v2",
+                        help="v2 (BigGAN-style) or layered (an object pasted over a background, the shipped "
+                             "default's design; at --resolution 128 here instead of its CPU run's 64)")
     parser.add_argument("--resolution", type=int, default=128, help="side of the generated images")
-    parser.add_argument("--width", type=int, default=None, help="generator width (default: v2's, 8)")
-    parser.add_argument("--encoder-width", type=int, default=None, help="encoder width (default 8)")
-    parser.add_argument("--discriminator-width", type=int, default=None, help="discriminator width (default 32)")
+    parser.add_argument("--width", type=int, default=None, help="generator width (default: v2 8, layered 16)")
+    parser.add_argument("--encoder-width", type=int, default=None, help="v2's encoder width (default 8)")
+    parser.add_argument("--discriminator-width", type=int, default=None,
+                        help="discriminator width (default: v2 32, layered 48)")
     parser.add_argument("--latent-dim", type=int, default=None, help="size of z (default 128)")
-    parser.add_argument("--lr-generator", type=float, default=None, help="Adam learning rate of G (default 1e-4)")
-    parser.add_argument("--lr-discriminator", type=float, default=None, help="of D (default 4e-4)")
+    parser.add_argument("--lr-generator", type=float, default=None,
+                        help="Adam learning rate of G (default: v2 1e-4, layered 2e-4)")
+    parser.add_argument("--lr-discriminator", type=float, default=None, help="of D (default: v2 4e-4, layered 2e-4)")
     parser.add_argument("--limit", type=int, default=None, help="decode only an evenly spaced subset of the pack")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA too")
@@ -129,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wheels", default="data/wheels", help="folder of wheels to unpack when Pillow is missing")
     parser.add_argument("--max-file-mib", type=float, default=16.0, help="every file in --out must stay below this")
     args = parser.parse_args(argv)
+    if args.encoder_width is not None and args.architecture != "v2":
+        parser.error("--encoder-width is v2's only (the layered encoder is v1's, of the generator's width)")
 
     decoder = ensure_jpeg_decoder(Path(args.wheels))
     import torch
@@ -158,13 +172,13 @@ def main(argv: list[str] | None = None) -> None:
     say(f"{photos.shape[0]} photos {tuple(photos.shape[1:])} uint8 on {device} "
         f"({photos.numel() / 2 ** 20:.0f} MiB); setup took {setup_seconds:.1f} s")
 
-    defaults = ARCHITECTURE_DEFAULTS["v2"]
+    defaults = ARCHITECTURE_DEFAULTS[args.architecture]
     pick = lambda value, name: defaults[name] if value is None else value  # noqa: E731
     fields = {"latent_dim": pick(args.latent_dim, "latent_dim"), "resolution": args.resolution,
-              "width": pick(args.width, "width")}
+              "width": args.width if args.width is not None else GPU_WIDTHS.get(args.architecture, defaults["width"])}
     if args.encoder_width is not None:
         fields["encoder_width"] = args.encoder_width
-    config = make_config("v2", fields)
+    config = make_config(args.architecture, fields)
 
     def settings_for(attempt_work: Path, budget: float, bf16: bool, compile_: bool) -> TrainSettings:
         return TrainSettings(
@@ -193,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             break
         attempt_work = work / f"attempt{number + 1}"
         settings = settings_for(attempt_work, budget, bf16, compile_)
-        say(f"training v2 for at most {budget:.0f} s (export reserve {args.export_reserve:.0f} s), "
+        say(f"training {args.architecture} for at most {budget:.0f} s (export reserve {args.export_reserve:.0f} s), "
             f"batch {args.batch_size}, bf16 {bf16 and device == 'cuda'}, compile {compile_}")
         try:
             weights = train(settings, photos=(photos, [], []))
