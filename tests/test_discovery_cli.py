@@ -250,8 +250,9 @@ def test_scoring_rules_are_not_set_in_the_discover_section(tmp_path):
     assert result.exit_code != 0 and "set synth.filters instead" in result.output
 
 
-def test_a_missing_bank_for_the_neighbourhood_sampler_is_a_clear_error(tmp_path):
+def test_a_missing_bank_for_the_neighbourhood_sampler_is_a_clear_error_before_any_training(tmp_path):
     synth = {"sampler": "neighbourhood", "bank": str(tmp_path / "absent.npy")}
     result = CliRunner().invoke(main, ["--params", str(write_params(tmp_path, synth=synth)),
                                        "--out", str(tmp_path / "out"), "--quiet"])
     assert result.exit_code != 0 and "no latent bank" in result.output
+    assert not list(tmp_path.glob("checkpoints/*"))          # it stopped before training, not after

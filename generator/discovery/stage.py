@@ -24,7 +24,7 @@ from generator.discovery.config import POOLED_METHOD, SINGLE_METHODS, DiscoverCo
 from generator.discovery.contact_sheet import make_contact_sheet, png_bytes
 from generator.discovery.latent_discovery import DiscoveryResult, discover_latent_directions, pool_results
 from generator.discovery.refinement import RefinementOutcome, refine_direction
-from generator.discovery.scoring import SCORE_FORMULA, CandidateScore, score_candidates
+from generator.discovery.scoring import SCORE_FORMULA, CandidateScore, score_candidates, scoring_latents
 from generator.discovery.selection import Choice, check_override, check_plausible, choose_direction
 from generator.discovery.single_direction import discover_single_direction
 from generator.files import atomic_write_bytes, atomic_write_json
@@ -73,8 +73,9 @@ def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, 
     When no candidate scores above `discover.min_score`, the scores and the contact sheet are
     still written, then `NoPlausibleDirection` is raised and no direction file is saved."""
     output = Path(output)
-    # refuse a bad override before the long part, not after it
+    # refuse a bad override or a missing latent bank before the long part, not after it
     check_override(config.override, candidate_count(config))
+    scoring_latents(generator, config.scoring, config.seed)
     result = discover(generator, config, progress)
     candidates = result.candidates
     scores = score_candidates(generator, candidates, config.magnitude, config.scoring, config.seed, progress)
