@@ -243,8 +243,10 @@ def bench_generator(name: str, args, folder: Path) -> Iterator[tuple]:
     for label, distributor, workers in paths:
         try:
             # the long run first: what only a first run pays then counts against the steady rate
-            long, short = (end_to_end(name, generator, direction, folder / f"{name}-{label}{suffix}", distributor,
-                                      workers, n, args) for suffix, n in (("", args.n), ("-short", args.short_n)))
+            long = end_to_end(name, generator, direction, folder / f"{name}-{label}", distributor, workers,
+                              args.n, args)
+            short = end_to_end(name, generator, direction, folder / f"{name}-{label}-short", distributor, workers,
+                               args.short_n, args)
         except Exception as error:  # noqa: BLE001  (one path failing leaves the others to measure)
             yield name, label, workers, failure(error)
             continue

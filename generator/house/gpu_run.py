@@ -42,7 +42,7 @@ STARTED = time.monotonic()
 #: What this command trains (architectures made for photos at 128 px on a GPU; v1 is the old CPU DCGAN).
 GPU_ARCHITECTURES = ("v2", "layered")
 #: Generator widths here, where they differ from the architecture's default: the layered design's 32
-#: is for 64 px; at 128 px, 16 keeps about its parameters (1.3 M) and the shipped files under 20 MiB.
+#: is for 64 px (1.75 M parameters); at 128 px, 16 gives 1.3 M and keeps the shipped files under 20 MiB.
 GPU_WIDTHS = {"layered": 16}
 
 
