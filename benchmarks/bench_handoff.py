@@ -11,8 +11,8 @@ at most two batches in flight as in the pipeline, and gives the batches/s and ca
 queue carries and the sending process's CPU time per batch (its feeder thread included):
   pickled   the arrays pickled into the queue, as plain arrays are
   shared    the pipeline's way (generator/synth/pipeline.py, `SharedSlots` / `unpacked`): the
-            arrays copied into a named shared-memory block (a slot) the worker maps once and frees
-            once it has read the batch, only the block's name and the arrays' places pickled
+            arrays copied into a slot of shared memory the worker is handed once, keeps mapped and
+            frees once it has read the batch, only the slot's number and the arrays' places pickled
 Rounds alternate between the two, so a change in the machine's load hits both alike.
 """
 

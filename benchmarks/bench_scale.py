@@ -269,7 +269,7 @@ def bench_trainer(shards: Path, args, folder: Path) -> Iterator[tuple[str, str]]
         label = f"loader ceiling, {workers} workers, batch {batch} (no model)"
         try:
             yield label, f"{loader_rate(urls, workers, batch, args.loader_batches):.0f} samples/s"
-        except Exception as error:  # noqa: BLE001  (a small /dev/shm, say: the rows below still run)
+        except Exception as error:  # noqa: BLE001  (a small /dev/shm for the loader, say: the rows below still run)
             yield label, failure(error)
     bf16 = device.type == "cuda"
     torch.manual_seed(0)

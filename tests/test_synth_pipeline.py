@@ -1,9 +1,8 @@
 """The pipeline distributor (G in one process, post-processing in others, as on a GPU) gives the bytes
 of the single-process path however the work is split, and stops with a shard's error."""
 
+import errno
 import pickle
-import shutil
-from multiprocessing import shared_memory
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
@@ -103,17 +102,17 @@ def test_a_batch_travels_through_shared_memory_as_a_handle_and_arrives_whole():
     for name in ("images", "shifted", "masks", "counters", "z"):
         assert isinstance(getattr(arrived, name), np.ndarray)
         np.testing.assert_array_equal(getattr(arrived, name), getattr(batch, name))
-    name = packed.images.block
-    del arrived
-    slots.close()                                               # the blocks are unlinked
-    with pytest.raises(FileNotFoundError):
-        shared_memory.SharedMemory(name=name)
+    slots.close()
+    assert slots.memories == [] and slots.files == []
 
 
 def test_without_shared_memory_batches_are_pickled_with_a_warning_and_the_same_bytes(project, monkeypatch):
+    def refused(size_or_name, *flags):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
     write_params(project, **SETTINGS, workers=1, output="reference")
     run()
-    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(64, 64, 0))
+    monkeypatch.setattr(pipeline.os, "memfd_create", refused)
     write_params(project, **SETTINGS, workers=2, distributor="pipeline")
     with pytest.warns(RuntimeWarning, match="shared memory refused a batch"):
         run()
@@ -130,7 +129,7 @@ def test_a_freed_slot_is_written_again_and_a_busy_one_never():
     slots.release(slot_first)
     third = random_batch(rng, 2)
     packed_third, slot_third = slots.pack(third)
-    assert slot_third == slot_first and len(slots.blocks) == 2
+    assert slot_third == slot_first and len(slots.memories) == 2
     np.testing.assert_array_equal(unpacked(packed_third).images, third.images)
     np.testing.assert_array_equal(unpacked(packed_second).images, second.images)   # untouched
     bigger = random_batch(rng, 3, side=32)                        # another size never reuses a slot
@@ -139,12 +138,29 @@ def test_a_freed_slot_is_written_again_and_a_busy_one_never():
     slots.close()
 
 
+def test_a_worker_is_handed_a_slot_once_and_then_only_its_number():
+    rng = np.random.default_rng(2)
+    slots = SharedSlots()
+    batch = random_batch(rng, 0)
+    first, slot = slots.pack(batch, worker=0)
+    assert first.images.handle is not None and first.shifted.handle is None     # one handle a slot
+    np.testing.assert_array_equal(unpacked(pickle.loads(ForkingPickler.dumps(first))).shifted, batch.shifted)
+    slots.release(slot)
+    again, _ = slots.pack(batch := random_batch(rng, 1), worker=0)
+    assert again.images.handle is None                                          # worker 0 has it mapped
+    np.testing.assert_array_equal(unpacked(pickle.loads(ForkingPickler.dumps(again))).images, batch.images)
+    slots.release(slot)
+    other, _ = slots.pack(random_batch(rng, 2), worker=1)
+    assert other.images.handle is not None                                      # worker 1 has not
+    slots.close()
+
+
 def test_the_pipeline_reuses_its_slots(project, monkeypatch):
     made, slots_used = [], []
     init, pack = SharedSlots.__init__, SharedSlots.pack
 
-    def packing(slots, batch):
-        packed = pack(slots, batch)
+    def packing(slots, batch, worker=0):
+        packed = pack(slots, batch, worker)
         slots_used.append(packed[1])
         return packed
 
@@ -153,6 +169,6 @@ def test_the_pipeline_reuses_its_slots(project, monkeypatch):
     write_params(project, **SETTINGS, workers=2, distributor="pipeline")
     run()
     slots, = made
-    # A worker holds at most AHEAD batches in its queue and one in hand; the blocks are unlinked at the end.
-    assert slots.blocks == [] and None not in slots_used
+    # A worker holds at most AHEAD batches in its queue and one in hand; the slots are closed at the end.
+    assert slots.memories == [] and None not in slots_used
     assert 1 <= len(set(slots_used)) <= 2 * (AHEAD + 1) < len(slots_used)

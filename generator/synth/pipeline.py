@@ -6,9 +6,9 @@ Here this process only samples latents and renders G(z), G(z + h_bg) and the mas
 batch, and on a GPU it queues each batch (its generator calls and its copy to pinned CPU memory)
 before it collects and sends the one before, so the device always has the next batch to work on
 while this process waits for a copy or hands a batch over.  A batch's pixels travel in shared
-memory slots, named blocks each worker maps once and that are reused once a worker is done with
-them (one copy; the queue carries only names and offsets), not as pickled arrays (three copies,
-and as many again to unpickle): at 128 px a batch of 95 is 39 MB.
+memory slots that each worker maps once and that are reused once a worker is done with them (one
+copy; the queue carries only slot numbers and offsets), not as pickled arrays (three copies, and
+as many again to unpickle): at 128 px a batch of 95 is 39 MB.
 Each worker process assembles one shard at a time from the batches it is sent
 (`ShardAssembler`, the same code the single-process path runs), so the bytes are those of any
 other distributor.  The renderer works ahead: up to `AHEAD` batches per worker wait in its
@@ -18,12 +18,13 @@ queue, and a shard's batches past the one that filled it are dropped unread.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import multiprocessing
 import os
 import queue
-import shutil
 import warnings
-from multiprocessing import shared_memory
+from multiprocessing.reduction import DupFd
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ def _feed(renderer, job, shards, inboxes, processes, outbox, slots, progress, sh
 
     def send_launched() -> None:
         for number, batch in launched:
-            inboxes[number].put(("batch", *slots.pack(batch.collect())))
+            inboxes[number].put(("batch", *slots.pack(batch.collect(), number)))
         launched.clear()
 
     def handle(message) -> None:
@@ -206,63 +207,74 @@ def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[s
 
 #: The arrays of a batch that are images, which travel through shared memory.
 PIXEL_FIELDS = ("images", "masks", "shifted")
-#: Where shared-memory blocks live on Linux: a block is refused when it would not fit there.
-SHARED_MEMORY_FOLDER = "/dev/shm"
 
 
 @dataclasses.dataclass(frozen=True)
 class SlotArray:
-    """Where one array of a batch lies in a named shared-memory block: what a queue carries
-    instead of its pixels (a few dozen bytes)."""
+    """Where one array of a batch lies in a slot of shared memory: what a queue carries instead of
+    its pixels.  `handle` (the slot's file descriptor, sent through `multiprocessing`) comes only
+    with the first batch a worker receives in that slot."""
 
-    block: str
+    slot: int
     offset: int
     shape: tuple[int, ...]
     dtype: str
+    handle: Any = None
 
 
 class SharedSlots:
-    """Named shared-memory blocks ("slots") for the pixels of batches on their way to the workers.
+    """Slots of shared memory for the pixels of batches on their way to the workers.
 
-    `pack` copies a batch into a free slot (a new one when none is free) and returns it with its
-    arrays replaced by `SlotArray`s; a worker maps each block once, by name, and keeps it mapped
-    (`unpacked`), and frees the slot (`release`) once it has used the batch, so the slot is
-    written again.  Nothing is created, mapped or page-faulted per batch after the first few:
-    passing a file descriptor per array (what a shared torch tensor does) costs a socket round
-    trip to this process and a fresh mapping each time, and at 128 px a batch of 95 is 39 MB.
-    A block that would not fit in /dev/shm (a default container's is 64 MB) is refused here,
-    before any write: after one refusal batches go as plain arrays, pickled whole, which is
-    slower and gives the same bytes.  `close` unlinks every block."""
+    A slot is an anonymous memory file (`memfd_create`) holding one batch's arrays.  `pack`
+    copies a batch into a free slot (a new one when none is free) and returns it with its arrays
+    replaced by `SlotArray`s; the first time a worker is sent a slot, the slot's file descriptor
+    goes with it, and the worker maps it once and keeps it mapped (`unpacked`).  The worker frees
+    the slot (`release`) once it has used the batch, and the slot is written again.  So nothing is
+    created, passed or mapped per batch after the first few: a shared torch tensor passes a file
+    descriptor per array per send, through a socket served by this process, and is mapped and
+    page-faulted afresh each time, and at 128 px a batch of 95 is 39 MB.  The memory has no name:
+    it is freed when the last process holding it ends, however it ends, and /dev/shm's size
+    does not bound it.  Where a slot cannot be made (no `memfd_create` outside Linux, or no
+    memory), batches go as plain arrays, pickled whole, with a warning: slower, same bytes.
+    `close` releases this process's hold on every slot."""
 
     def __init__(self) -> None:
-        self.blocks: list[shared_memory.SharedMemory] = []
+        self.memories: list[mmap.mmap] = []
+        self.files: list[int] = []                  # the slots' file descriptors, open until close()
         self.layouts: list[dict[str, SlotArray]] = []
         self.free: list[int] = []
+        self.shared_with: set[tuple[int, int]] = set()   # (worker, slot) whose descriptor was sent
         self.failure: Exception | None = None
 
-    def pack(self, batch: RenderedBatch) -> tuple[RenderedBatch, int | None]:
-        """(the batch to send, its slot, or None when it goes as plain arrays)."""
+    def pack(self, batch: RenderedBatch, worker: int = 0) -> tuple[RenderedBatch, int | None]:
+        """(the batch to send to `worker`, its slot, or None when it goes as plain arrays)."""
         if self.failure is None:
             try:
                 slot = self._slot_for(batch)
                 for name, place in self.layouts[slot].items():
-                    np.copyto(_view(self.blocks[slot], place), getattr(batch, name))
-                return dataclasses.replace(batch, **self.layouts[slot]), slot
-            except OSError as error:
+                    np.copyto(_view(self.memories[slot], place), getattr(batch, name))
+                places = dict(self.layouts[slot])
+                if (worker, slot) not in self.shared_with:
+                    self.shared_with.add((worker, slot))
+                    first = PIXEL_FIELDS[0]               # `unpacked` maps the slot on meeting it
+                    places[first] = dataclasses.replace(places[first], handle=DupFd(self.files[slot]))
+                return dataclasses.replace(batch, **places), slot
+            except (OSError, AttributeError) as error:   # AttributeError: no os.memfd_create here
                 self.failure = error
                 warnings.warn(f"gen-synth: shared memory refused a batch ({error}); batches are pickled from now "
-                              f"on, which costs more CPU time (is /dev/shm small?)", RuntimeWarning, stacklevel=2)
+                              f"on, which costs more CPU time", RuntimeWarning, stacklevel=2)
         return batch, None
 
     def release(self, slot: int) -> None:
         self.free.append(slot)
 
     def close(self) -> None:
-        """Unlink every block; mappings made by `unpacked` stay valid until their process exits."""
-        for block in self.blocks:
-            block.close()
-            block.unlink()
-        self.blocks, self.layouts, self.free = [], [], []
+        """Unmap and close every slot here (workers' mappings stay valid until they exit)."""
+        for memory, file in zip(self.memories, self.files):
+            memory.close()
+            os.close(file)
+        self.memories, self.files, self.layouts, self.free = [], [], [], []
+        self.shared_with.clear()
 
     def _slot_for(self, batch: RenderedBatch) -> int:
         arrays = {name: np.asarray(getattr(batch, name)) for name in PIXEL_FIELDS}
@@ -271,25 +283,30 @@ class SharedSlots:
             slot = self.free.pop()
             if {name: (place.shape, place.dtype) for name, place in self.layouts[slot].items()} == wanted:
                 return slot
-        offsets, size = {}, 0
+        slot, offsets, size = len(self.memories), {}, 0
         for name, array in arrays.items():
             offsets[name] = size
             size += -(-array.nbytes // 64) * 64      # each array starts on a cache line
-        if os.path.isdir(SHARED_MEMORY_FOLDER) and shutil.disk_usage(SHARED_MEMORY_FOLDER).free < size:
-            raise OSError(f"no room for a {size / 2 ** 20:.0f} MiB block in {SHARED_MEMORY_FOLDER}")
-        block = shared_memory.SharedMemory(create=True, size=max(1, size))
-        self.blocks.append(block)
-        self.layouts.append({name: SlotArray(block.name, offsets[name], array.shape, array.dtype.str)
+        file = os.memfd_create(f"gen-synth-slot-{slot}", os.MFD_CLOEXEC)
+        try:
+            os.posix_fallocate(file, 0, max(1, size))   # fails now, not later as SIGBUS on a write
+            memory = mmap.mmap(file, max(1, size))
+        except OSError:
+            os.close(file)
+            raise
+        self.memories.append(memory)
+        self.files.append(file)
+        self.layouts.append({name: SlotArray(slot, offsets[name], array.shape, array.dtype.str)
                              for name, array in arrays.items()})
-        return len(self.blocks) - 1
+        return slot
 
 
-#: Blocks this process has mapped by name, kept mapped for its life (a worker's whole run).
-_ATTACHED: dict[str, shared_memory.SharedMemory] = {}
+#: Slots this process has mapped, kept mapped for its life (a worker's whole run).
+_MAPPED: dict[int, mmap.mmap] = {}
 
 
-def _view(block: shared_memory.SharedMemory, place: SlotArray) -> np.ndarray:
-    return np.ndarray(place.shape, np.dtype(place.dtype), buffer=block.buf, offset=place.offset)
+def _view(memory: mmap.mmap, place: SlotArray) -> np.ndarray:
+    return np.ndarray(place.shape, np.dtype(place.dtype), buffer=memory, offset=place.offset)
 
 
 def unpacked(batch: RenderedBatch) -> RenderedBatch:
@@ -298,7 +315,9 @@ def unpacked(batch: RenderedBatch) -> RenderedBatch:
     for name in PIXEL_FIELDS:
         place = getattr(batch, name)
         if isinstance(place, SlotArray):
-            if place.block not in _ATTACHED:
-                _ATTACHED[place.block] = shared_memory.SharedMemory(name=place.block)
-            arrays[name] = _view(_ATTACHED[place.block], place)
+            if place.handle is not None:            # a slot met for the first time, or made anew
+                file = place.handle.detach()
+                _MAPPED[place.slot] = mmap.mmap(file, 0)
+                os.close(file)
+            arrays[name] = _view(_MAPPED[place.slot], place)
     return dataclasses.replace(batch, **arrays)
