@@ -3,6 +3,7 @@ of the single-process path however the work is split, and stops with a shard's e
 
 import errno
 import pickle
+import queue
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
@@ -172,3 +173,19 @@ def test_the_pipeline_reuses_its_slots(project, monkeypatch):
     # A worker holds at most AHEAD batches in its queue and one in hand; the slots are closed at the end.
     assert slots.memories == [] and None not in slots_used
     assert 1 <= len(set(slots_used)) <= 2 * (AHEAD + 1) < len(slots_used)
+
+
+def test_a_worker_stops_waiting_once_the_renderers_process_is_gone(monkeypatch):
+    class Renderer:
+        alive = True
+
+        def is_alive(self):
+            return self.alive
+
+    renderer = Renderer()
+    monkeypatch.setattr(pipeline.multiprocessing, "parent_process", lambda: renderer)
+    inbox = queue.Queue()
+    inbox.put(("shard", 0, 10))
+    assert pipeline._next_message(inbox, poll_seconds=0.01) == ("shard", 0, 10)
+    renderer.alive = False              # killed: no None will ever come
+    assert pipeline._next_message(inbox, poll_seconds=0.01) is None
