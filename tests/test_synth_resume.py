@@ -1,7 +1,8 @@
 """gen-synth never loses finished shards and never waits silently: a shard over its candidate budget,
 a larger n, a changed budget, other settings, a second run into the same folder, a worker killed
-by a signal and a worker that cannot start."""
+by a signal, the run's own process killed (its workers end too) and a worker that cannot start."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -136,6 +137,34 @@ def test_a_killed_worker_stops_the_run_naming_its_shard_and_a_rerun_completes_it
     write_params(project, **SLOW, workers=1, output="reference")
     run()
     assert shard_bytes(folder) == shard_bytes(project / "reference")
+
+
+@pytest.mark.parametrize("distributor", ["multiprocessing", "pipeline"])
+def test_the_workers_end_when_the_run_alone_is_killed(project, distributor):
+    process = start_slow_run(project, workers=2, distributor=distributor)
+    tree = []
+    try:
+        wait_for(lambda: list((project / "shards").glob(".synth-*.tar.*.tmp")), process)
+        tree = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGKILL)          # the run's own process only, as the OOM killer would
+        process.wait()
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not [child for child in alive if running(child)], "a process of the killed run is still running"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for child in tree:                            # none left to the rest of the suite
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    run()                                             # a rerun finishes the set
+
+
+def running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE   # a zombie has ended, only not been reaped
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_worker_that_cannot_start_stops_the_run_with_its_message(project, tmp_path):
