@@ -175,7 +175,7 @@ def test_the_pipeline_reuses_its_slots(project, monkeypatch):
     assert 1 <= len(set(slots_used)) <= 2 * (AHEAD + 1) < len(slots_used)
 
 
-def test_a_worker_stops_waiting_once_the_renderers_process_is_gone(monkeypatch):
+def test_a_worker_stops_waiting_once_the_renderers_process_is_gone():
     class Renderer:
         alive = True
 
@@ -183,9 +183,8 @@ def test_a_worker_stops_waiting_once_the_renderers_process_is_gone(monkeypatch):
             return self.alive
 
     renderer = Renderer()
-    monkeypatch.setattr(pipeline.multiprocessing, "parent_process", lambda: renderer)
     inbox = queue.Queue()
     inbox.put(("shard", 0, 10))
-    assert pipeline._next_message(inbox, poll_seconds=0.01) == ("shard", 0, 10)
+    assert pipeline._next_message(inbox, renderer, poll_seconds=0.01) == ("shard", 0, 10)
     renderer.alive = False              # killed: no None will ever come
-    assert pipeline._next_message(inbox, poll_seconds=0.01) is None
+    assert pipeline._next_message(inbox, renderer, poll_seconds=0.01) is None

@@ -168,7 +168,8 @@ def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[s
     adopt_environment(environment)
     torch.set_num_threads(1)
     assembler: ShardAssembler | None = None
-    while (message := _next_message(inbox)) is not None:
+    renderer = multiprocessing.parent_process()
+    while (message := _next_message(inbox, renderer)) is not None:
         slot = None
         if message[0] == "batch":
             outbox.put(("taken", number))
@@ -205,11 +206,10 @@ def _postprocess(job: RenderJob, number: int, inbox, outbox, environment: dict[s
         assembler.abort()
 
 
-def _next_message(inbox, poll_seconds: float = 1.0):
+def _next_message(inbox, renderer, poll_seconds: float = 1.0):
     """The next message, or None (stop) once the renderer's process is gone: killed, it can send
     no None, and a worker waiting for ever would hold its memory and leave its shard's temporary
     file behind."""
-    renderer = multiprocessing.parent_process()
     while True:
         try:
             return inbox.get(timeout=poll_seconds)
