@@ -8,9 +8,13 @@
 For each generator, rows measured one after the other:
   forward      G(z) and G(z + h) for a batch, nothing else (on CPU with one torch thread, as the
                gen-synth paths use): candidates/s, the ceiling of everything below
+  sampling     the renderer's own CPU cost of drawing a batch's latents (gen-synth's Gaussian
+               sampler, counter-based Philox streams), as candidates/s
   hand-off     the pipeline renderer's own CPU cost of handing a batch over: putting fresh batches
                of this size in shared memory (benchmarks/bench_handoff.py has the whole hand-off),
-               as candidates/s; it runs while the device renders, so well above forward it is free
+               as candidates/s
+               Both run in the renderer's process while the device renders, so each is free when
+               well above forward; together they bound the pipeline at 1 / (1/sampling + 1/hand-off)
   single       gen-synth with everything in one process (--workers 1): today's path on a GPU
   pipeline     gen-synth with G in this process and --workers processes post-processing
   processes    (CPU only) gen-synth with whole shards in --workers processes
@@ -19,7 +23,9 @@ runs is the steady rate, without the start-up both pay (starting the worker proc
 some machines), and the row gives that steady candidates/s (what G renders), kept samples/s, the
 ratio of its candidates/s to the forward row's, the start-up, and over the --n run the share of
 the wall time the device spent in G and the share the post-processing processes were busy (which
-of the two holds the rate back; when neither is near 100%, the renderer process itself does).
+of the two holds the rate back; when neither is near 100%, the renderer process itself does), and
+the post-processing ceiling: the candidates/s its processes would reach if they never waited for
+a batch (candidates per busy second, times the processes), what the row can reach with a free G.
 The `standin` generator is benchmarks/bigbigan_standin.py,
 BigGAN's 128 x 128 generator with random weights (BigBiGAN's cost); its direction's sign is
 chosen so about a quarter of the pixels move, and its runs keep every candidate (no histogram
@@ -74,6 +80,7 @@ from generator.synth.filters import FilterConfig  # noqa: E402
 from generator.synth.main import synthesize  # noqa: E402
 from generator.synth.masks import synthesize_masks  # noqa: E402
 from generator.synth.pipeline import SharedSlots  # noqa: E402
+from generator.synth.samplers import GaussianSampler  # noqa: E402
 from generator.synth.settings import SynthSettings  # noqa: E402
 
 SPECS = {
@@ -133,6 +140,17 @@ def pack_rate(generator, batch: int, rounds: int = 6) -> float:
     return rounds * batch / seconds
 
 
+def sampling_rate(generator, batch: int, rounds: int = 20) -> float:
+    """Candidates/s at which gen-synth's Gaussian sampler draws latents (the renderer does it for
+    every batch before launching G)."""
+    sampler = GaussianSampler(generator.latent_dim)
+    sampler.sample(0, 0, np.arange(batch))                # warm-up
+    started = time.perf_counter()
+    for round_ in range(rounds):
+        sampler.sample(0, 1, np.arange(round_ * batch, (round_ + 1) * batch))
+    return rounds * batch / (time.perf_counter() - started)
+
+
 def chosen_shift(generator, magnitude: float) -> torch.Tensor:
     """A seeded random direction, its sign chosen so the mask covers nearer a quarter of the image."""
     vector = torch.randn(generator.latent_dim, generator=torch.Generator().manual_seed(1))
@@ -180,6 +198,7 @@ class PathRow:
     start_up: float | None   # seconds both runs pay; None when the runs were too short to tell
     g_busy: float            # share of the long run's wall time spent in G
     workers_busy: float      # share of the post-processing processes' wall time spent working
+    postprocess_ceiling: float | None   # candidates/s of the post-processing processes never kept waiting
 
 
 def path_row(long: Run, short: Run, g_processes: int, postprocess_processes: int) -> PathRow:
@@ -192,8 +211,9 @@ def path_row(long: Run, short: Run, g_processes: int, postprocess_processes: int
         start_up = max(0.0, long.seconds - long.candidates / candidates)
     else:
         candidates, samples, start_up = long.candidates / long.seconds, long.samples / long.seconds, None
+    ceiling = postprocess_processes * long.candidates / long.postprocess_s if long.postprocess_s > 0 else None
     return PathRow(candidates, samples, start_up, long.generate_s / (g_processes * long.seconds),
-                   long.postprocess_s / (postprocess_processes * long.seconds))
+                   long.postprocess_s / (postprocess_processes * long.seconds), ceiling)
 
 
 def pipeline_direction_for(generator, path: str):
@@ -233,6 +253,7 @@ def bench_generator(name: str, args, folder: Path) -> Iterator[tuple]:
     forward = forward_rate(generator, shift.to(device), args.batch_size, args.seconds)
     torch.set_num_threads(threads)
     yield name, "forward", 1, forward
+    yield name, "sampling", 1, sampling_rate(generator, args.batch_size)
     try:
         yield name, "hand-off", 1, pack_rate(generator, args.batch_size)
     except Exception as error:  # noqa: BLE001  (no shared memory: the pipeline pickles instead)
@@ -366,7 +387,7 @@ def main() -> None:
               + (f"/dev/shm {shm.free / 2 ** 30:.1f} of {shm.total / 2 ** 30:.1f} GiB free" if shm else "no /dev/shm"))
         print(f"gen-synth rows: steady rates from runs of {args.n} and {args.short_n} kept samples")
         print(f"{'generator':<10} {'path':<10} {'procs':>5} {'candidates/s':>13} {'samples/s':>10} {'of forward':>10} "
-              f"{'start-up':>9} {'G busy':>7} {'post busy':>9}")
+              f"{'start-up':>9} {'G busy':>7} {'post busy':>9} {'post ceiling':>12}")
         for name in generators:
             forward = None
             for generator, label, workers, value in bench_generator(name, args, folder):
@@ -376,8 +397,9 @@ def main() -> None:
                 elif isinstance(value, PathRow):
                     of_forward = f"{100 * value.candidates / forward:>9.0f}%" if forward else f"{'':>10}"
                     start_up = "?" if value.start_up is None else f"{value.start_up:.1f} s"
+                    ceiling = "?" if value.postprocess_ceiling is None else f"{value.postprocess_ceiling:.0f}"
                     print(f"{head} {value.candidates:>13.1f} {value.samples:>10.1f} {of_forward} {start_up:>9} "
-                          f"{100 * value.g_busy:>6.0f}% {100 * value.workers_busy:>8.0f}%", flush=True)
+                          f"{100 * value.g_busy:>6.0f}% {100 * value.workers_busy:>8.0f}% {ceiling:>12}", flush=True)
                 else:
                     forward = forward or value
                     print(f"{head} {value:>13.1f} {'':>10} {100 * value / forward:>9.0f}%", flush=True)

@@ -13,6 +13,9 @@ work on the machine does not distort them; wall-clock rates are printed beside t
    and on ragged house-GAN masks (several runs per row, holes: every mask is labelled).
 3. gen-synth end to end with the testing generator: samples/s, and the share of worker time spent
    in G, in post-processing and in drawing latents.
+4. Drawing latents (what the pipeline's renderer does for every batch before G): the candidate
+   streams built afresh for each candidate (`candidate_rng`) against one Philox generator reset
+   for each (`CandidateStreams`, what the samplers use), equal outputs checked, alternating rounds.
 
 Run: .venv/bin/python benchmarks/bench_synth.py [--quick]
 """
@@ -34,12 +37,15 @@ from generator.direction import Direction, save_direction
 from generator.synth.filters import FilterConfig, apply_filters, filter_components, filter_components_loop
 from generator.synth.main import synthesize
 from generator.synth.masks import synthesize_masks
+from generator.synth.samplers import CandidateStreams, candidate_key, candidate_rng
 from generator.synth.settings import SynthSettings
 from generator.synth.worker import images_to_uint8, sample_members
 from generator.synth.writer import ShardWriter, sample_key
 
 RESOLUTION = 128
 BATCH = 50
+#: the paper's batch, as the renderer draws it on a GPU
+BATCH_RENDERER = 95
 
 
 def rendered_batches(generator: ShapesGenerator, count: int, seed: int = 0):
@@ -133,6 +139,31 @@ def bench_end_to_end(folder: Path, n: int, workers: int, resolution: int) -> dic
             "accepted": totals["acceptance_rate"], "wall": summary.seconds}
 
 
+def bench_latent_streams(batch: int, latent_dim: int, rounds: int) -> dict[str, float]:
+    """Candidates per CPU second of drawing a batch of latents both ways, best of alternating rounds."""
+    key = candidate_key(0, 1)
+
+    def fresh(first: int) -> np.ndarray:
+        return np.stack([candidate_rng(key, c).standard_normal(latent_dim, dtype=np.float32)
+                         for c in range(first, first + batch)])
+
+    def reused(first: int) -> np.ndarray:
+        streams, z = CandidateStreams(key), np.empty((batch, latent_dim), dtype=np.float32)
+        for row, c in enumerate(range(first, first + batch)):
+            streams.at(c).standard_normal(latent_dim, dtype=np.float32, out=z[row])
+        return z
+
+    equal = np.array_equal(fresh(0), reused(0))
+    best = {"fresh": 0.0, "reused": 0.0}
+    for round_ in range(rounds):
+        for name, draw in (("fresh", fresh), ("reused", reused)):
+            start = time.process_time()
+            for repeat in range(20):
+                draw((round_ * 20 + repeat) * batch)
+            best[name] = max(best[name], 20 * batch / max(time.process_time() - start, 1e-9))
+    return {**best, "ratio": best["reused"] / best["fresh"], "equal": equal}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run, noisier figures)")
@@ -176,6 +207,14 @@ def main() -> None:
                 print(f"{resolution:<12}{workers:>8}{result['rate']:>11.0f}{100 * result['G']:>6.0f}%"
                       f"{100 * result['post']:>6.0f}%{100 * result['latents']:>8.0f}%"
                       f"{100 * result['accepted']:>6.0f}%")
+
+    print(f"\ndrawing latents, batch {BATCH_RENDERER}, candidates per CPU second, best of {repeats + 2} "
+          f"alternating rounds")
+    print(f"{'latent size':<12}{'fresh':>10}{'reused':>10}{'ratio':>8}{'equal':>7}")
+    for latent_dim in (120, 128):
+        result = bench_latent_streams(BATCH_RENDERER, latent_dim, repeats + 2)
+        print(f"{latent_dim:<12}{result['fresh']:>10.0f}{result['reused']:>10.0f}{result['ratio']:>7.2f}x"
+              f"{str(result['equal']):>7}")
 
 
 if __name__ == "__main__":

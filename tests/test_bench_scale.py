@@ -14,6 +14,7 @@ def test_the_steady_rate_is_the_difference_of_the_two_runs_without_their_shared_
     assert row.candidates == pytest.approx(2000 / 3) and row.samples == pytest.approx(1000 / 3)
     assert row.start_up == pytest.approx(0.5)             # 5 s less 3000 candidates at the steady rate
     assert row.g_busy == pytest.approx(0.8) and row.workers_busy == pytest.approx(0.6)
+    assert row.postprocess_ceiling == pytest.approx(1000)    # 3000 candidates in 12 busy s, by 4 processes
 
 
 def test_runs_too_close_in_time_give_the_long_runs_own_rate_and_no_start_up():
@@ -22,6 +23,8 @@ def test_runs_too_close_in_time_give_the_long_runs_own_rate_and_no_start_up():
     row = path_row(long, short, g_processes=2, postprocess_processes=2)
     assert row.candidates == pytest.approx(600) and row.samples == pytest.approx(300) and row.start_up is None
     assert row.g_busy == pytest.approx(0.4)
+    no_postprocessing = Run(candidates=3000, samples=1500, seconds=5.0, generate_s=4.0, postprocess_s=0.0)
+    assert path_row(no_postprocessing, short, 1, 2).postprocess_ceiling is None
 
 
 @pytest.mark.parametrize("arguments", [["--n", "1000", "--short-n", "400"],      # short run leaves a process idle

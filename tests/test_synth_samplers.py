@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from generator.synth.samplers import (
-    GaussianSampler, LatentBankError, NeighbourhoodSampler, candidate_rng, candidate_key, load_latent_bank)
+    CandidateStreams, GaussianSampler, LatentBankError, NeighbourhoodSampler, candidate_rng, candidate_key,
+    load_latent_bank)
 from generator.synth.settings import SettingsError, SynthSettings
 from generator.synth.writer import ShardWriter, encode_jpeg, encode_mask_png, sample_key
 
@@ -51,6 +52,36 @@ def test_candidate_streams_are_far_apart():
     assert not np.intersect1d(a, b).size
     with pytest.raises(ValueError, match="non-negative"):
         candidate_key(-1, 0)
+
+
+def test_reused_streams_draw_exactly_what_fresh_ones_do():
+    """The samplers reset one generator per candidate; the numbers must be those of a fresh
+    `candidate_rng`, whatever the previous candidate left buffered (an odd number of 32-bit
+    draws leaves half a 64-bit word behind)."""
+    key = candidate_key(7, 3)
+    streams = CandidateStreams(key)
+    for counter in [5, 0, 2 ** 40, 5, 1, 2 ** 62]:
+        for draw in (lambda rng: rng.standard_normal(3, dtype=np.float32),      # leaves a half word
+                     lambda rng: (rng.integers(10_553), rng.standard_normal(129, dtype=np.float32)),
+                     lambda rng: rng.random(5)):
+            fresh, reused = draw(candidate_rng(key, counter)), draw(streams.at(counter))
+            assert np.array_equal(np.hstack(fresh), np.hstack(reused)), counter
+
+
+def test_samplers_draw_the_latents_of_fresh_candidate_streams():
+    counters = np.array([0, 1, 2, 90, 3, 2 ** 33])
+    key = candidate_key(11, 4)
+    gaussian = GaussianSampler(16).sample(11, 4, counters).z
+    assert np.array_equal(gaussian, np.stack([candidate_rng(key, c).standard_normal(16, dtype=np.float32)
+                                              for c in counters]))
+    bank = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    batch = NeighbourhoodSampler(bank, alpha=0.3).sample(11, 4, counters)
+    for row, counter in enumerate(counters):
+        rng = candidate_rng(key, counter)
+        source = rng.integers(50)
+        assert batch.source_index[row] == source
+        expected = bank[source] + np.float32(0.3) * rng.standard_normal(16, dtype=np.float32)
+        assert np.array_equal(batch.z[row], expected)
 
 
 def test_bank_reader_checks_shape_size_and_content(tmp_path):

@@ -74,6 +74,26 @@ def candidate_rng(key: np.ndarray, counter: int) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=key, counter=[0, int(counter), 0, 0]))
 
 
+class CandidateStreams:
+    """`candidate_rng(key, j)` for one shard's candidates in turn, without building a generator for
+    each: `at(j)` puts one Philox generator back into the state a fresh one starts in (counter
+    block j, nothing buffered), so it draws the same numbers, in under half the time.  Sampling
+    runs in the process that feeds the GPU, batch after batch, where every microsecond per
+    candidate counts."""
+
+    def __init__(self, key: np.ndarray) -> None:
+        self._bits = np.random.Philox(key=key)
+        self._generator = np.random.Generator(self._bits)
+        self._key = np.asarray(self._bits.state["state"]["key"], dtype=np.uint64).copy()
+
+    def at(self, counter: int) -> np.random.Generator:
+        self._bits.state = {"bit_generator": "Philox",
+                            "state": {"counter": np.array([0, int(counter), 0, 0], dtype=np.uint64), "key": self._key},
+                            "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4,
+                            "has_uint32": 0, "uinteger": 0}
+        return self._generator
+
+
 def load_latent_bank(path: str | Path, latent_dim: int, generator_identity: str | None = None) -> np.ndarray:
     """Read an N x latent_dim float32 `.npy` bank (memory-mapped, never unpickled) and check it.
 
@@ -111,10 +131,10 @@ class GaussianSampler:
         self.latent_dim = int(latent_dim)
 
     def sample(self, seed: int, shard: int, counters: np.ndarray) -> LatentBatch:
-        key = candidate_key(seed, shard)
+        streams = CandidateStreams(candidate_key(seed, shard))
         z = np.empty((len(counters), self.latent_dim), dtype=np.float32)
         for row, counter in enumerate(counters):
-            z[row] = candidate_rng(key, counter).standard_normal(self.latent_dim, dtype=np.float32)
+            streams.at(counter).standard_normal(self.latent_dim, dtype=np.float32, out=z[row])
         return LatentBatch(z, np.full(len(counters), -1, dtype=np.int64))
 
 
@@ -133,13 +153,13 @@ class NeighbourhoodSampler:
         self.latent_dim = int(bank.shape[1])
 
     def sample(self, seed: int, shard: int, counters: np.ndarray) -> LatentBatch:
-        key = candidate_key(seed, shard)
+        streams = CandidateStreams(candidate_key(seed, shard))
         n = len(counters)
         source = np.empty(n, dtype=np.int64)
         noise = np.empty((n, self.latent_dim), dtype=np.float32)
         for row, counter in enumerate(counters):
-            rng = candidate_rng(key, counter)
+            rng = streams.at(counter)
             source[row] = rng.integers(self.bank.shape[0])
-            noise[row] = rng.standard_normal(self.latent_dim, dtype=np.float32)
+            rng.standard_normal(self.latent_dim, dtype=np.float32, out=noise[row])
         z = np.asarray(self.bank[source], dtype=np.float32).reshape(n, self.latent_dim)
         return LatentBatch(z + np.float32(self.alpha) * noise, source)
