@@ -108,6 +108,12 @@ class StarOutline(nn.Module):
         nn.init.zeros_(self.shape_code.bias)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
+        # float32 even under bf16 autocast (a GPU run): bf16's 8-bit mantissa puts pixel coordinates
+        # near the far edge 1/256 of a side apart and the edge's slope turns that into jagged steps
+        with torch.autocast(code.device.type, enabled=False):
+            return self._alpha(code.float())
+
+    def _alpha(self, code: torch.Tensor) -> torch.Tensor:
         side, k = self.resolution, self.harmonics
         params = self.shape_code(code)
         centre = 0.5 + self.CENTRE_RANGE * torch.tanh(params[:, :2])
