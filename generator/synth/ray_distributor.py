@@ -103,12 +103,11 @@ def ray_distributor(job: RenderJob, shards: list[tuple[int, int]], workers: int,
                     shard_done(stats)
         return results
     finally:
-        done = {stats.shard for stats in results}
-        unfinished = [ref for ref, index in shard_of.items() if index not in done]
-        for ref in unfinished:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:          # already finished or gone: nothing to stop
-                pass
+        # Shards still running when the run stops (a failed shard, Ctrl-C) end with this process's
+        # connection: a local cluster stops, and a cluster joined at an address ends the job's
+        # tasks once its driver has gone.  Not ray.cancel: cancelling a task whose reply is on its
+        # way can fail an internal check of Ray's and abort this process (seen with Ray 2.60).
+        # Under a caller's own connection they run to their end; their shards are the bytes a
+        # rerun would write, and without a stats file from here they do not count as made.
         if started_here:
             ray.shutdown()
