@@ -222,6 +222,10 @@ def load_predictor(folder: Path, device: str) -> UNetPredictor:
         raise click.ClickException(f"{folder} is not a usable trained-model folder: {error}") from error
 
 
+def _photos(count: int) -> str:
+    return f"{count} photo" if count == 1 else f"{count} photos"
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source")
 @click.argument("output", type=click.Path(file_okay=False))
@@ -285,7 +289,7 @@ def main(source: str, output: str, model: str | None, threshold: float | None, o
     torch.set_num_threads(threads)
 
     jobs, done, skipped = plan_jobs(photos, output_folder, overlay, overwrite)
-    click.echo(f"segment-images: {len(photos)} photos, {done} already done, {len(jobs)} to segment "
+    click.echo(f"segment-images: {_photos(len(photos))}, {done} already done, {len(jobs)} to segment "
                f"-> {output_folder} ({'binary masks at > ' + str(threshold) if threshold is not None else 'probability maps'}"
                f"{', refined' if refine else ''}{', overlays' if overlay else ''}"
                f"{f', {processes} processes' if processes > 1 else ''})", err=True)
@@ -295,13 +299,13 @@ def main(source: str, output: str, model: str | None, threshold: float | None, o
                                      processes=processes)
     elapsed = time.perf_counter() - start
     skipped += failed
-    click.echo(f"segment-images: wrote {written} photos in {elapsed:.1f} s"
+    click.echo(f"segment-images: wrote {_photos(written)} in {elapsed:.1f} s"
                + (f" ({written / elapsed:.1f} photos/s)" if written and elapsed > 0 else "")
                + f", {done} already done, {len(skipped)} skipped", err=True)
     if skipped:
         for item in skipped:
             click.echo(f"skipped: {item.path}: {item.reason}", err=True)
-        click.echo(f"segment-images: {len(skipped)} photos skipped", err=True)
+        click.echo(f"segment-images: {_photos(len(skipped))} skipped", err=True)
         raise SystemExit(EXIT_SKIPPED)
 
 

@@ -271,7 +271,7 @@ def test_an_absolute_glob_mirrors_paths_below_its_fixed_part(photos, model, tmp_
 def test_outputs_that_would_clash_are_refused(photos, model, tmp_path):
     Image.new("RGB", (20, 20)).save(photos / "a.png")        # a.jpg and a.png both want a.png
     result = run(photos, tmp_path / "masks", "--model", model, expect=segment.EXIT_SKIPPED)
-    assert "would overwrite the one of" in result.output and "1 photos skipped" in result.output
+    assert "would overwrite the one of" in result.output and "1 photo skipped" in result.output
 
 
 def test_outputs_inside_the_source_are_not_segmented_again(photos, model):
