@@ -1,10 +1,13 @@
 """gen-synth over Ray, on a local cluster started here: the same bytes as the multiprocessing run, a
-worker killed mid-shard rendered again, and a driver killed mid-run resumed."""
+worker killed mid-shard rendered again, and a driver killed mid-run resumed; and a run that
+starts a cluster of its own stops it when a shard fails."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -130,3 +133,40 @@ def test_a_shard_that_fails_every_time_stops_the_run_with_its_error(project, clu
     failed = run(expect=1)
     assert "only" in failed.output and "passed the filters" in failed.output
     assert not (project / "shards" / "manifest.json").exists()
+
+
+def processes_naming(text: str) -> list[str]:
+    """The command lines of the processes that mention `text`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in line:
+            found.append(line[:200])
+    return found
+
+
+def test_a_run_on_a_cluster_of_its_own_stops_it_when_a_shard_fails(project):
+    """Without --ray-address the run starts a local cluster; when a shard fails for good, the run
+    says which and why, and none of that cluster's processes outlives it (no task is left to
+    finish on a machine the user thinks idle)."""
+    write_params(project, **SMALL, distributor="ray", retries=1, workers=2,
+                 filters={"size": {"max_foreground": 0.15}}, max_candidates_per_sample=1)
+    ray_root = tempfile.mkdtemp(prefix="ray", dir="/tmp")     # short: Ray's socket paths live here
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_root}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        stopped = subprocess.run([sys.executable, "-m", "generator.synth.main"], cwd=project, env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert stopped.returncode == 1, stopped.stderr[-2000:]
+        assert "passed the filters" in stopped.stderr and "Traceback" not in stopped.stderr
+        deadline = time.monotonic() + 30
+        while (left := processes_naming(ray_root)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, left
+    finally:
+        if processes_naming(ray_root):                 # a failed check must not leave a cluster running
+            subprocess.run(["pkill", "-KILL", "-f", ray_root], check=False)
+        shutil.rmtree(ray_root, ignore_errors=True)
