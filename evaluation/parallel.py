@@ -6,7 +6,9 @@ process, forked from a fork server that has already imported the task's module (
 worker, and nothing of the parent's threads or locks inherited).  Each worker calls `tick()` per
 item done, which feeds the parent's progress bar; it sends back what `task` returns.  The first
 worker error stops the run: the other workers are terminated and the error is raised in the
-parent, as the command would raise it in one process.
+parent, as the command would raise it in one process.  A worker exits at once when the parent is
+gone (killed on its own, it can no longer terminate them): its share would otherwise run to the
+end, writing outputs nobody waits for.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 from tqdm import tqdm
+
+from generator.runs import end_with_the_run
 
 #: Part of a command's work: task(work, part, parts, tick) -> a picklable result.
 Task = Callable[[Any, int, int, Callable[[], None]], Any]
@@ -44,6 +48,7 @@ def one_library_thread() -> Iterator[None]:
 
 def _run_part(task: Task, work: Any, part: int, parts: int, threads: int, done: Any, connection: Any) -> None:
     """A worker process: run one part, send back ("ok", its result) or ("error", the exception)."""
+    end_with_the_run()
     try:
         torch.set_num_threads(threads)
 

@@ -16,6 +16,9 @@ checkpoints read on the CPU, and the device spelled one way.
 - **Checkpoints are read on the CPU** (`load_on_cpu`), never unpickled, and moved to the device
   by `load_state_dict`; RNG states, which must stay CPU tensors, are never moved.
 - **Devices** are spelled `auto`, `cpu`, `cuda` or `cuda:N` in every section (`resolve_device`).
+- **Worker processes end with their run** (`end_with_the_run`): a stage's process killed on its
+  own (by the out-of-memory killer, say) can no longer stop its workers, which would otherwise
+  finish their whole share of the work, writing outputs nobody waits for.
 
 Atomic writes (unique temporary names, then a rename) live in generator/files.py.
 """
@@ -25,9 +28,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -204,3 +210,19 @@ def resolve_device(spec: str | None, local_rank: int | None = None) -> torch.dev
             raise ValueError(f"device {spec!r}: this machine has {torch.cuda.device_count()} GPU(s)")
         return torch.device("cuda", index)
     raise ValueError(f"{spec!r} is not a device; spell it {DEVICE_SPELLINGS}")
+
+
+# --- worker processes ----------------------------------------------------------------------------
+
+def end_with_the_run() -> None:
+    """In a worker process: exit at once when the process that started it is gone.  A daemon
+    thread waits on the parent's sentinel, so the worker needs no polling of its own; a worker
+    started otherwise than by `multiprocessing` has no such parent and is left alone."""
+    run = multiprocessing.parent_process()
+    if run is not None:
+        threading.Thread(target=_exit_when_ended, args=(run.sentinel,), daemon=True).start()
+
+
+def _exit_when_ended(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)

@@ -1,15 +1,26 @@
-"""Evaluation in worker processes: each scores its share of the batches, and the sums add up."""
+"""Evaluation in worker processes: each scores its share of the batches, and the sums add up; the
+workers end with the command."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from evaluation.conventions import get_convention
 from evaluation.metrics import MetricSuite, default_metrics
+from evaluation.parallel import run_parts
 from tests.test_eval_command import project, run  # noqa: F401  (fixture)
+from tests.test_synth_gen import REPO
+from tests.test_synth_resume import running
 
 
 @pytest.mark.parametrize("convention", ["paper", "toolbox"])
@@ -76,3 +87,47 @@ def test_a_worker_error_stops_the_command_with_its_message(project):  # noqa: F8
         assert result.exit_code == 1 and "Traceback" not in result.output
         messages.append(result.output.strip().splitlines()[-1])
     assert messages[0] == messages[1] and "0002.jpg" in messages[0]
+
+
+
+def slow_share(work, part, parts, tick):
+    """A worker's share that takes a minute."""
+    for _ in range(1200):
+        time.sleep(0.05)
+        tick()
+    return part
+
+
+def run_slow_shares() -> None:
+    """What the command's process runs in the test below: two workers on slow shares."""
+    from tqdm import tqdm
+    run_parts(slow_share, None, 2, tqdm(disable=True), "slow")
+
+
+def test_the_workers_end_when_the_command_alone_is_killed():
+    """Killed on its own (the out-of-memory killer picks one process), the command cannot stop its
+    workers: they end by themselves instead of running their shares to the end."""
+    command = subprocess.Popen([sys.executable, "-c", "from tests.test_eval_processes import run_slow_shares; "
+                                "run_slow_shares()"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               start_new_session=True)
+    tree = []
+    try:
+        deadline, workers = time.monotonic() + 60, []
+        while len(workers) < 2 and time.monotonic() < deadline and command.poll() is None:
+            servers = [child for child in psutil.Process(command.pid).children()
+                       if "forkserver" in " ".join(child.cmdline())]
+            workers = [worker for server in servers for worker in server.children()]   # forked by the server
+            time.sleep(0.1)
+        assert len(workers) == 2, "the two workers did not start"
+        tree = psutil.Process(command.pid).children(recursive=True)
+        command.send_signal(signal.SIGKILL)
+        command.wait()
+        _, alive = psutil.wait_procs(tree, timeout=20)
+        assert not [child for child in alive if running(child)], "a worker outlived the command"
+    finally:
+        if command.poll() is None:
+            os.killpg(command.pid, signal.SIGKILL)
+            command.wait()
+        for child in tree:                            # none left to the rest of the suite
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()

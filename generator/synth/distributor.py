@@ -19,10 +19,8 @@ generator fails to build) stops the run with that error's message.
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.connection
 import os
 import queue
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +29,7 @@ from pathlib import Path
 import torch
 
 from generator.interface import Generator
+from generator.runs import end_with_the_run
 from generator.synth.worker import RenderJob, ShardRenderer
 from generator.synth.writer import ShardStats
 
@@ -108,26 +107,12 @@ def _init_worker(job: RenderJob, events, environment: dict[str, str]) -> None:
     global _renderer, _start_error, _events
     adopt_environment(environment)
     torch.set_num_threads(1)
-    _exit_with_the_run()
+    end_with_the_run()      # else, the run killed alone, its pool would render every queued shard, then wait
     _events = events
     try:
         _renderer = ShardRenderer(job)
     except Exception as error:   # raised from each task, so the run stops with this message
         _start_error = f"{type(error).__name__}: {error}"
-
-
-def _exit_with_the_run() -> None:
-    """End this worker as soon as the run's process is gone.  Killed on its own (by the OOM killer,
-    say), it can no longer stop the pool, whose workers would render every shard still queued
-    and then wait for ever; a rerun finishes the set either way."""
-    run = multiprocessing.parent_process()
-    if run is not None:
-        threading.Thread(target=_exit_when_ended, args=(run.sentinel,), daemon=True).start()
-
-
-def _exit_when_ended(sentinel: int) -> None:
-    multiprocessing.connection.wait([sentinel])
-    os._exit(1)
 
 
 def _render_in_worker(index: int, count: int) -> ShardStats:
