@@ -3,7 +3,6 @@ workers end with the command."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ from evaluation.metrics import MetricSuite, default_metrics
 from evaluation.parallel import run_parts
 from tests.test_eval_command import project, run  # noqa: F401  (fixture)
 from tests.test_synth_gen import REPO
-from tests.test_synth_resume import running
+from tests.test_synth_resume import survivors_of_killing_alone
 
 
 @pytest.mark.parametrize("convention", ["paper", "toolbox"])
@@ -110,7 +109,6 @@ def test_the_workers_end_when_the_command_alone_is_killed():
     command = subprocess.Popen([sys.executable, "-c", "from tests.test_eval_processes import run_slow_shares; "
                                 "run_slow_shares()"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                                start_new_session=True)
-    tree = []
     try:
         deadline, workers = time.monotonic() + 60, []
         while len(workers) < 2 and time.monotonic() < deadline and command.poll() is None:
@@ -119,15 +117,9 @@ def test_the_workers_end_when_the_command_alone_is_killed():
             workers = [worker for server in servers for worker in server.children()]   # forked by the server
             time.sleep(0.1)
         assert len(workers) == 2, "the two workers did not start"
-        tree = psutil.Process(command.pid).children(recursive=True)
-        command.send_signal(signal.SIGKILL)
-        command.wait()
-        _, alive = psutil.wait_procs(tree, timeout=20)
-        assert not [child for child in alive if running(child)], "a worker outlived the command"
+        left = survivors_of_killing_alone(command, timeout=20)
     finally:
         if command.poll() is None:
             os.killpg(command.pid, signal.SIGKILL)
             command.wait()
-        for child in tree:                            # none left to the rest of the suite
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
+    assert not left, "a worker outlived the command"

@@ -142,22 +142,31 @@ def test_a_killed_worker_stops_the_run_naming_its_shard_and_a_rerun_completes_it
 @pytest.mark.parametrize("distributor", ["multiprocessing", "pipeline"])
 def test_the_workers_end_when_the_run_alone_is_killed(project, distributor):
     process = start_slow_run(project, workers=2, distributor=distributor)
-    tree = []
     try:
         wait_for(lambda: list((project / "shards").glob(".synth-*.tar.*.tmp")), process)
-        tree = psutil.Process(process.pid).children(recursive=True)
-        process.send_signal(signal.SIGKILL)          # the run's own process only, as the OOM killer would
-        process.wait()
-        _, alive = psutil.wait_procs(tree, timeout=30)
-        assert not [child for child in alive if running(child)], "a process of the killed run is still running"
+        left = survivors_of_killing_alone(process, timeout=30)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        for child in tree:                            # none left to the rest of the suite
+    assert not left, "a process of the killed run is still running"
+    run()                                             # a rerun finishes the set
+
+
+def survivors_of_killing_alone(process: subprocess.Popen, timeout: float) -> list[psutil.Process]:
+    """SIGKILL `process` alone, as the out-of-memory killer would, and wait up to `timeout` s for
+    the processes it started; return those still running (killed afterwards, so none is left to
+    the rest of the suite)."""
+    tree = psutil.Process(process.pid).children(recursive=True)
+    try:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        return [child for child in alive if running(child)]
+    finally:
+        for child in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
-    run()                                             # a rerun finishes the set
 
 
 def running(process: psutil.Process) -> bool:
