@@ -29,6 +29,7 @@ from evaluation.photos import NoPhotosError, Photo, UnsafeOutputError, find_phot
 from evaluation.predictors import UNetPredictor
 from generator.files import atomic_write_bytes
 from generator.image_io import UnreadableImageError, load_rgb
+from generator.runs import resolve_device
 
 MASK_SUFFIX = ".png"
 OVERLAY_SUFFIX = ".overlay.png"
@@ -211,11 +212,9 @@ def resolve_model_folder(model: str | None, echo=click.echo) -> Path:
 def load_predictor(folder: Path, device: str) -> UNetPredictor:
     from trainer.export import TrainedModelError
     try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as error:
-        raise click.ClickException(f"unknown device {device!r}: {error}") from error
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException(f"device {device!r} asked for, but CUDA is not available here")
+        parsed = resolve_device(device)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
     try:
         return UNetPredictor.from_folder(folder, device=parsed)
     except (TrainedModelError, ValueError, RuntimeError) as error:
@@ -243,7 +242,7 @@ def _photos(count: int) -> str:
 @click.option("--overwrite", is_flag=True,
               help="Redo photos whose outputs already exist (default: skip them; also needed after changing "
                    "--threshold or --refine).")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for the model (cpu, cuda, cuda:1).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for the model: auto (cuda when a GPU is present), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Photos predicted together (photos are grouped by resized shape).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,

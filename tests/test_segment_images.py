@@ -297,7 +297,7 @@ def test_a_symlinked_photo_folder_is_not_walked(photos, tmp_path):
 
 def test_bad_device_and_help(photos, model, tmp_path):
     result = run(photos, tmp_path / "masks", "--model", model, "--device", "nonsense", expect=1)
-    assert "unknown device" in result.output and "Traceback" not in result.output
+    assert "is not a device" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(segment.main, ["--help"])
     assert result.exit_code == 0 and "Exit status" in result.output and "--threshold" in result.output
 

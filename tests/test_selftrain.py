@@ -236,6 +236,20 @@ def test_a_folder_without_photos_is_a_clear_error(tmp_path, synthetic_model):
     assert outcome.exit_code == 1 and "could be read" in outcome.output
 
 
+def test_every_device_spelling_params_offers_runs_and_a_bad_one_is_a_clear_error(tmp_path, synthetic_model):
+    write_photos(tmp_path / "photos", count=4)
+    reference = self_train(tiny_config(tmp_path, synthetic_model, "cpu", epochs=1, device="cpu"), progress=False)
+    automatic = self_train(tiny_config(tmp_path, synthetic_model, "auto", epochs=1, device="auto"), progress=False)
+    if not torch.cuda.is_available():             # auto is the cpu here: the same run
+        for ours, theirs in zip(reference.model.state_dict().values(), automatic.model.state_dict().values()):
+            assert torch.equal(ours, theirs)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"selftrain": tiny_config(tmp_path, synthetic_model, "bad").as_dict()}))
+    outcome = CliRunner().invoke(main, ["--params", str(params), "--quiet", "--device", "gpu"])
+    assert outcome.exit_code == 1 and "'gpu' is not a device" in outcome.output
+    assert not list((tmp_path / "bad" / "work").glob("*"))   # refused before any photo is read
+
+
 def test_a_subset_is_seeded_and_the_cache_is_reused(tmp_path):
     write_photos(tmp_path / "photos", count=9)
     first = prepare_photos(tmp_path / "photos", 16, 5, 3, tmp_path / "work", progress=False)

@@ -108,7 +108,7 @@ def _self_train(config: SelfTrainConfig, progress: bool, log: Callable[[str], No
     state = resumable_state(config, settings, log)
     if state is None:
         torch.manual_seed(config.seed)
-        labels = _first_labels(model, model_config, photos, config, progress)
+        labels = _first_labels(model, model_config, photos, config, device, progress)
         save_array(labels_path(config.work_dir, 1), labels)
         history: dict[str, list[dict[str, Any]]] = {"loss": [], "labels": []}
         pending = {"loss_sum": 0.0, "steps": 0, "epoch_sum": 0.0, "epoch_steps": 0}
@@ -171,7 +171,7 @@ def _self_train(config: SelfTrainConfig, progress: bool, log: Callable[[str], No
         round_, epoch_in_round = config.round_of(epoch)
         if epoch_in_round == config.epochs and epoch < total_epochs:  # the round's end: label afresh
             gap = mean_distance(predictions, labels)
-            relabelled = _first_labels(model, model_config, photos, config, progress)
+            relabelled = _first_labels(model, model_config, photos, config, device, progress)
             labels, moved, weight = relabelled, mean_distance(relabelled, labels), None
         else:
             weight = label_weight(epoch_in_round, config.olr_warmup_epochs, config.olr_lambda)
@@ -212,10 +212,10 @@ def _flipped(batch: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def _first_labels(model: UNet, model_config: dict, photos: PhotoSet, config: SelfTrainConfig,
-                  progress: bool) -> np.ndarray:
+                  device: torch.device, progress: bool) -> np.ndarray:
     """A round's first labels: the model's predictions on the squares, optionally refined (G^1:
     the synthetic-trained model's)."""
-    predictor = UNetPredictor(model, model_config, config.model, device=config.device)
+    predictor = UNetPredictor(model, model_config, config.model, device=device)
     side = photos.squares.shape[1]
     labels = np.empty(photos.squares.shape[:3], dtype=np.float16)
     for start in tqdm(range(0, len(labels), config.batch_size), desc="first labels", unit="batch",

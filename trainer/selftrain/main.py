@@ -40,7 +40,7 @@ from trainer.selftrain.config import LOSSES, ConfigError, SelfTrainConfig  # noq
 @click.option("--batch-size", type=click.IntRange(min=1), help="Photos per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam's learning rate (constant).")
 @click.option("--seed", type=int, help="Seed of the photo subset, the data order and the flips.")
-@click.option("--device", help="torch device (cpu, cuda).")
+@click.option("--device", help="auto (cuda when a GPU is present, else cpu), cpu, cuda or cuda:N [default: selftrain.device].")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--resume/--no-resume", default=None,
               help="Continue from the work folder's checkpoint when it was made with the same settings.")
