@@ -66,7 +66,9 @@ def test_writes_every_output_and_a_direction_bound_to_its_generator(tmp_path):
     else:
         assert np.allclose(chosen, direction.vector, atol=1e-6)
     assert Image.open(out / "contact_sheet.png").format == "PNG"
-    assert (out / "history.csv").read_text().splitlines()[0] == "step,accuracy,index_loss,loss,shift_loss"
+    assert [path.name for path in (out / "history").iterdir()] == ["latent-discovery.csv"]
+    assert (out / "history" / "latent-discovery.csv").read_text().splitlines()[0] == \
+        "step,accuracy,index_loss,loss,shift_loss"
     assert json.loads((out / "metrics.json").read_text())["steps_run"] == 4
     with pytest.raises(DirectionError, match="not for testing@"):
         load_direction(out / "direction.json", ShapesGenerator(resolution=32, mixing_seed=1))
@@ -76,7 +78,8 @@ def test_same_parameters_give_the_same_bytes(tmp_path):
     params = write_params(tmp_path, checkpoint_dir=None)
     invoke("--params", str(params), "--out", str(tmp_path / "a"))
     invoke("--params", str(params), "--out", str(tmp_path / "b"))
-    for name in ("direction.json", "scores.json", "contact_sheet.png", "candidates.npy", "history.csv"):
+    for name in ("direction.json", "scores.json", "contact_sheet.png", "candidates.npy",
+                 "history/latent-discovery.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
@@ -100,12 +103,15 @@ def test_override_in_params_and_on_the_command_line_resumes_the_finished_run(tmp
 
 def test_single_direction_method_from_the_command_line(tmp_path):
     out = tmp_path / "directions"
+    (out / "history").mkdir(parents=True)
+    (out / "history" / "latent-discovery.csv").write_text("step,loss\n0,1\n")   # from a run of another method
     result = invoke("--params", str(write_params(tmp_path)), "--out", str(out), "--method", "single-direction",
                     "--steps", "3")
     assert result.exit_code == 0, result.output
     direction = load_direction(out / "direction.json")
     assert direction.method == "single-direction" and direction.index == 0
     assert len(json.loads((out / "scores.json").read_text())["candidates"]) == 2
+    assert [path.name for path in (out / "history").iterdir()] == ["single-direction.csv"]
 
 
 def test_both_methods_pool_their_candidates_and_the_choice_names_its_method(tmp_path):
@@ -121,9 +127,12 @@ def test_both_methods_pool_their_candidates_and_the_choice_names_its_method(tmp_
     assert (direction.index, direction.sign) == (best["index"], best["sign"])
     assert direction.method == scores["candidate_methods"][best["index"]] == scores["chosen"]["method"]
     assert np.load(out / "candidates.npy", allow_pickle=False).shape == (16, 4)
-    history = (out / "history.csv").read_text().splitlines()
-    assert history[0].startswith("step,latent-discovery/") and "single-direction/" in history[0]
-    assert len(history) == 1 + 4  # both ran 4 steps
+    # each method's losses in a table of its own, with the column the DVC plot names
+    tables = {path.name: path.read_text().splitlines() for path in (out / "history").iterdir()}
+    assert sorted(tables) == ["latent-discovery.csv", "single-direction.csv"]
+    assert tables["latent-discovery.csv"][0] == "step,accuracy,index_loss,loss,shift_loss"
+    assert tables["single-direction.csv"][0] == "step,darken_loss,edge_loss,loss"
+    assert all(len(rows) == 1 + 4 for rows in tables.values())  # both ran 4 steps
     # each method's candidates are exactly those it finds alone (same seed, own checkpoint)
     invoke("--params", str(write_params(tmp_path, checkpoint_dir=str(tmp_path / "c2"))), "--out", str(alone),
            "--method", "single-direction")

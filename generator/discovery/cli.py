@@ -17,7 +17,7 @@ from generator.runs import resolve_device
 @click.option("--params", "params_path", type=click.Path(dir_okay=False), default="params.yaml", show_default=True,
               help="Parameters file: its `generator` section is the generator, its `discover` section the settings.")
 @click.option("--out", "output", type=click.Path(file_okay=False), default="data/directions", show_default=True,
-              help="Folder for direction.json, scores.json, contact_sheet.png, candidates.npy, history.csv, "
+              help="Folder for direction.json, scores.json, contact_sheet.png, candidates.npy, history/, "
                    "metrics.json.")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="latent-discovery (K directions and a reconstructor, Voynov & Babenko), single-direction "

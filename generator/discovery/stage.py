@@ -5,7 +5,7 @@ Outputs in one folder (data/directions by default), each written atomically:
     scores.json         every candidate's score components and total, the formula, the choice
     contact_sheet.png   images, shifted images and masks of the best candidates, both signs
     candidates.npy      all candidate directions, float32 latent_dim x K (unit columns)
-    history.csv         per-step losses of the discovery run (a DVC plot)
+    history/METHOD.csv  per-step losses of each discovery method that ran (a DVC plot per file)
     metrics.json        the choice, its score, and the run's time and speed (DVC metrics)
 """
 
@@ -81,14 +81,14 @@ def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, 
     scores = score_candidates(generator, candidates, config.magnitude, config.scoring, config.seed, progress)
     choice = choose_direction(scores, candidates.shape[1], config.override)
     files = {name: output / name for name in
-             ("direction.json", "scores.json", "contact_sheet.png", "candidates.npy", "history.csv", "metrics.json")}
+             ("direction.json", "scores.json", "contact_sheet.png", "candidates.npy", "metrics.json")}
     output.mkdir(parents=True, exist_ok=True)
     sheet = make_contact_sheet(generator, candidates, scores, choice, config.magnitude, config.scoring, config.seed)
     atomic_write_bytes(files["contact_sheet.png"], png_bytes(sheet))
     buffer = io.BytesIO()
     np.save(buffer, candidates.numpy().astype(np.float32), allow_pickle=False)
     atomic_write_bytes(files["candidates.npy"], buffer.getvalue())
-    atomic_write_bytes(files["history.csv"], history_csv(result).encode())
+    write_history(output / HISTORY_FOLDER, result)
     try:
         warning = check_plausible(choice, scores, config.min_score, config.scoring)
     except ValueError:
@@ -174,13 +174,36 @@ def metrics_record(result: DiscoveryResult, choice: Choice, refinement: Refineme
     }
 
 
-def history_csv(result: DiscoveryResult) -> str:
-    history = result.outcome.history
-    keys = sorted(history)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["step", *keys])
-    # pooled methods ran different numbers of steps: a method's cells stay empty after its last one
-    for step in range(max((len(history[key]) for key in keys), default=0)):
-        writer.writerow([step, *(f"{history[key][step]:.6g}" if step < len(history[key]) else "" for key in keys)])
-    return buffer.getvalue()
+#: The folder of per-method history tables, beside direction.json.
+HISTORY_FOLDER = "history"
+
+
+def history_tables(result: DiscoveryResult) -> dict[str, str]:
+    """{method: CSV of its per-step metrics}.  One table per method, each with its own `loss`
+    column, so one plot definition fits whichever methods ran (their losses are on different
+    scales and their step counts differ; a pooled history names its metrics `method/metric`)."""
+    by_method: dict[str, dict[str, list[float]]] = {}
+    for key, values in result.outcome.history.items():
+        method, _, metric = key.rpartition("/")
+        by_method.setdefault(method or result.method, {})[metric] = values
+    tables = {}
+    for method, history in by_method.items():
+        keys = sorted(history)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["step", *keys])
+        for step in range(max(len(values) for values in history.values())):
+            writer.writerow([step, *(f"{history[key][step]:.6g}" if step < len(history[key]) else "" for key in keys)])
+        tables[method] = buffer.getvalue()
+    return tables
+
+
+def write_history(folder: Path, result: DiscoveryResult) -> None:
+    """history/METHOD.csv for each method that ran; tables of methods that did not are removed."""
+    tables = history_tables(result)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.csv"):
+        if stale.stem not in tables:
+            stale.unlink()
+    for method, table in tables.items():
+        atomic_write_bytes(folder / f"{method}.csv", table.encode())
