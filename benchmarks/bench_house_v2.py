@@ -56,7 +56,9 @@ def _v2_functions(args) -> tuple[str, int, int, object, object, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--v1-weights", default=None, help="v1 weights file (default: the shipped one)")
+    parser.add_argument("--v1-weights", default=None,
+                        help="v1 weights file (default: the shipped one, which is the layered generator; "
+                             "v1's: git show 1c4e3e6:generator/house/house_gan.pt > V1.pt)")
     parser.add_argument("--v2-weights", default=None, help="v2 weights file (default: an untrained v2)")
     parser.add_argument("--width", type=int, default=HouseV2Config.width, help="untrained v2: generator width")
     parser.add_argument("--residual-up-to", type=int, default=HouseV2Config.residual_up_to)

@@ -102,7 +102,7 @@ def test_export_without_a_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_the_readme_snippet_segments_a_photo_without_this_project(tmp_path):
-    export(random_unet(4, 2, True), tmp_path / "data" / "model")
+    export(random_unet(4, 2, True), tmp_path / "data" / "selftrain_model")   # where the demo leaves it
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (45, 71, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg")
     # Any import of this project (or of torch) fails inside the snippet.
