@@ -46,6 +46,12 @@ class Direction:
     chosen_by: str = "automatic"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # a NaN, infinite or zero shift makes every mask empty, and every empty mask passes the filters
+        if not math.isfinite(self.magnitude) or self.magnitude <= 0:
+            raise DirectionError(f"a direction's magnitude must be a positive, finite number (the sign is in "
+                                 f"its vector), got {self.magnitude}")
+
     @classmethod
     def from_vector(cls, vector, generator: str, **kwargs) -> "Direction":
         """Normalise any non-zero vector (array or tensor) to unit length and wrap it."""

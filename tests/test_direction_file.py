@@ -39,6 +39,10 @@ def test_wrong_size_is_refused(tmp_path):
     ('{"format_version": 1, "generator": "g"}', "missing or has a malformed field"),
     ('{"format_version": 1, "generator": "g", "vector": [0, 0], "magnitude": 5}', "non-zero"),
     ('[1, 2]', "format version"),
+    ('{"format_version": 1, "generator": "g", "vector": [1, 0], "magnitude": NaN}', "magnitude must be"),
+    ('{"format_version": 1, "generator": "g", "vector": [1, 0], "magnitude": 1e400}', "magnitude must be"),
+    ('{"format_version": 1, "generator": "g", "vector": [1, 0], "magnitude": 0}', "magnitude must be"),
+    ('{"format_version": 1, "generator": "g", "vector": [1, 0], "magnitude": -5}', "magnitude must be"),
 ])
 def test_malformed_files_are_clear_errors(tmp_path, content, message):
     path = tmp_path / "d.json"

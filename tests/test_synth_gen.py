@@ -257,13 +257,19 @@ def test_empty_masks_are_counted_in_the_manifest(project):
     save_direction(Direction.from_vector(-generator.planted_direction("brightness"), generator.identity),
                    project / "direction.json")
     write_params(project, filters={"histogram": {"enabled": False}})
-    run("--n", 12)
+    result = run("--n", 12)
     manifest = json.loads((project / "shards" / "manifest.json").read_text())
     assert manifest["totals"]["empty_masks"] == 12
     assert sum(row["empty_masks"] for row in manifest["shards"]) == 12
+    assert "warning: 12 of the 12 masks are empty" in result.output
+
+
+def test_a_rate_below_ten_is_not_printed_as_zero():
+    from generator.synth.main import _rate
+    assert [_rate(value) for value in (0.3, 4.0, 9.96, 12.4, 2074.0)] == ["0.3", "4", "10", "12", "2074"]
 
 
 def test_a_set_of_object_masks_counts_no_empty_one(project):
-    run("--n", 12)
+    result = run("--n", 12)
     manifest = json.loads((project / "shards" / "manifest.json").read_text())
-    assert manifest["totals"]["empty_masks"] == 0
+    assert manifest["totals"]["empty_masks"] == 0 and "empty" not in result.output

@@ -207,14 +207,23 @@ def _report(manifest: dict[str, Any], made: list[ShardStats], elapsed: float, ec
     rejected = ", ".join(f"{name} {count}" for name, count in totals["rejected_by"].items())
     echo(f"{totals['samples']} samples from {totals['candidates']} candidates "
          f"(accepted {100 * (totals['acceptance_rate'] or 0):.1f}%; rejected by {rejected or 'none'})")
+    if totals["empty_masks"]:
+        echo(f"gen-synth: warning: {totals['empty_masks']} of the {totals['samples']} masks are empty (no pixel "
+             f"lighter after the shift): look at the direction (synth-preview shows the pairs), or keep empty "
+             f"masks out with synth.filters.size.min_foreground above 0", err=True)
     if made:
         samples = sum(stats.samples for stats in made)
         seconds = {key: sum(stats.timing.get(key, 0.0) for stats in made)
                    for key in ("sample_s", "generate_s", "postprocess_s")}
         busy = sum(seconds.values()) or 1.0
-        echo(f"made {len(made)} shards, {samples} samples in {elapsed:.1f} s ({samples / elapsed:.0f} samples/s); "
+        echo(f"made {len(made)} shards, {samples} samples in {elapsed:.1f} s ({_rate(samples / elapsed)} samples/s); "
              f"time in G {100 * seconds['generate_s'] / busy:.0f}%, post-processing "
              f"{100 * seconds['postprocess_s'] / busy:.0f}%, latents {100 * seconds['sample_s'] / busy:.0f}%")
+
+
+def _rate(per_second: float) -> str:
+    """A rate as a reader wants it: whole numbers, but two significant digits below 10 (not "0")."""
+    return f"{per_second:.0f}" if per_second >= 10 else f"{per_second:.2g}"
 
 
 def _output_location(ctx, param, value):
