@@ -8,7 +8,7 @@ import click
 
 from generator.interface import GeneratorSpecError
 from generator.params import load_section
-from generator.registry import available_generators, build_generator
+from generator.registry import available_generators, build_generator, command_spec
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +17,8 @@ from generator.registry import available_generators, build_generator
 @click.option("--name", default=None,
               help="Build this generator instead of the one in --params: a built-in name or "
                    "python:package.module:factory.")
-@click.option("--weights", default=None, help="Weights path or module handle, with --name.")
+@click.option("--weights", default=None,
+              help="Weights path or module handle: for --name, or else for the --params generator.")
 @click.option("--list", "list_only", is_flag=True, help="Only list the built-in generator names.")
 def main(params_path: str, name: str | None, weights: str | None, list_only: bool) -> None:
     """Print a generator's identity, latent size, resolution and capabilities as JSON.
@@ -29,10 +30,10 @@ def main(params_path: str, name: str | None, weights: str | None, list_only: boo
         click.echo("\n".join(available_generators()))
         return
     try:
-        spec = {"name": name, "weights": weights} if name else load_section("generator", params_path)
+        spec = command_spec(None if name else load_section("generator", params_path), name, weights)
         generator = build_generator(spec)
-    except (GeneratorSpecError, FileNotFoundError, KeyError) as error:
-        raise click.ClickException(str(error)) from error
+    except (GeneratorSpecError, FileNotFoundError, KeyError, ValueError) as error:
+        raise click.ClickException(error.args[0] if isinstance(error, KeyError) else str(error)) from error
     click.echo(json.dumps({
         "identity": generator.identity,
         "latent_dim": generator.latent_dim,

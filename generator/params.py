@@ -15,8 +15,11 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"parameters file {path} not found (run from the project folder or pass --params)")
-    with open(path) as f:
-        params = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from error
     if not isinstance(params, dict):
         raise ValueError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
     return params

@@ -38,6 +38,25 @@ def available_generators() -> list[str]:
     return sorted(BUILTIN_GENERATORS)
 
 
+def command_spec(params_spec: str | Mapping[str, Any] | None, name: str | None = None,
+                 weights: str | None = None) -> dict[str, Any]:
+    """The spec a command builds: the parameters file's, or another generator named on the
+    command line (`name`, with its `weights`), or the file's generator with other `weights`.
+    A spec that cannot be built is refused here, before any work."""
+    if name:
+        return {"name": name, "weights": weights}
+    if params_spec is None:
+        raise GeneratorSpecError("the parameters file has no `generator` section: name a generator")
+    try:
+        _normalise(params_spec)
+    except GeneratorSpecError as error:
+        raise GeneratorSpecError(f"the parameters file's `generator` section: {error}") from error
+    spec = {"name": params_spec} if isinstance(params_spec, str) else dict(params_spec)
+    if weights is not None:
+        spec["weights"] = weights
+    return spec
+
+
 def build_generator(spec: str | Mapping[str, Any]) -> Generator:
     """Build the generator a spec describes; raise `GeneratorSpecError` saying what is wrong."""
     name, weights, options = _normalise(spec)

@@ -5,6 +5,7 @@ import torch
 from click.testing import CliRunner
 
 from generator import Generator, GeneratorSpecError, available_generators, build_generator
+from generator.registry import command_spec
 from generator.backends.testing import ShapesGenerator
 from generator.backends.torch_module import TorchModuleGenerator
 from generator.info import main as gen_info
@@ -81,3 +82,26 @@ def test_gen_info_help_explains_every_option():
     result = CliRunner().invoke(gen_info, ["--help"])
     for option in ["--params", "--name", "--weights", "--list"]:
         assert option in result.output
+
+
+def test_a_command_builds_the_params_spec_or_what_its_options_name():
+    params_spec = {"name": "testing", "weights": None, "options": {"resolution": 16}}
+    assert command_spec(params_spec) == params_spec
+    assert command_spec("testing") == {"name": "testing"}
+    assert command_spec(params_spec, weights="w.pt") == {**params_spec, "weights": "w.pt"}
+    assert command_spec(params_spec, name="house", weights="h.pt") == {"name": "house", "weights": "h.pt"}
+    assert command_spec(None, name="house") == {"name": "house", "weights": None}
+    with pytest.raises(GeneratorSpecError, match="no `generator` section"):
+        command_spec(None)
+    with pytest.raises(GeneratorSpecError, match="`generator` section: a generator spec is a name or a mapping"):
+        command_spec(7)
+
+
+def test_gen_info_weights_alone_replace_the_params_generators(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("generator:\n  name: house\n")
+    result = CliRunner().invoke(gen_info, ["--params", str(params), "--weights", str(tmp_path / "missing.pt")])
+    assert result.exit_code == 1 and "missing.pt" in result.output and "Traceback" not in result.output
+    params.write_text("generator: [not, a, spec]\n")
+    result = CliRunner().invoke(gen_info, ["--params", str(params)])
+    assert result.exit_code == 1 and "a name or a mapping" in result.output

@@ -210,6 +210,11 @@ def save_other_direction(path, vector, identity):
     (["--alpha", "nan"], None, "finite", 2),
     (["--bank", "wide.npy"], "wide_bank", "latents of size 20, but the generator's latent size is 16", 1),
     (["--bank", "empty.npy"], "empty_bank", "empty", 1),
+    (["--bank", "zero_bytes.npy"], "zero_byte_bank", "zero_bytes.npy is not a .npy array", 1),
+    (["--weights", "w.pt"], None, "generator .testing. does not accept .* .weights.", 1),   # the weights reach it
+    (["--params", "broken.yaml"], "broken_params", "broken.yaml is not valid YAML", 1),
+    (["--params", "list.yaml"], "list_section", "synth section must map settings to values, got list", 1),
+    (["--params", "bad_generator.yaml"], "bad_generator", "`generator` section: a generator spec", 1),
     (["--bank", "missing.npy"], None, "missing.npy not found", 1),
     ([], "no_bank", "no latent bank.*dvc repro embed.*--bank.*--sampler gaussian", 1),
     (["--direction", "short.json"], "short_direction", "20 dimensions .* latent size of 16", 1),
@@ -226,6 +231,14 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(project, args, setup, mes
         np.save(project / "wide.npy", np.ones((4, 20), np.float32))
     elif setup == "empty_bank":
         np.save(project / "empty.npy", np.ones((0, 16), np.float32))
+    elif setup == "zero_byte_bank":
+        (project / "zero_bytes.npy").write_bytes(b"")
+    elif setup == "broken_params":
+        (project / "broken.yaml").write_text(": : :\n")
+    elif setup == "list_section":
+        (project / "list.yaml").write_text("synth: [1, 2]\n")
+    elif setup == "bad_generator":
+        (project / "bad_generator.yaml").write_text("generator: [1, 2]\nsynth: {output: shards}\n")
     elif setup == "no_bank":
         (project / "bank.npy").unlink()
     elif setup == "short_direction":

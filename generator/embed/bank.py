@@ -107,7 +107,7 @@ def read_bank(path: str | Path, latent_dim: int | None = None, generator_identit
         raise BankError(f"no latent bank at {bank_path}")
     try:
         latents = np.load(bank_path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:   # EOFError: an empty or cut file
         raise BankError(f"{bank_path} is not a latent bank (.npy): {error}") from error
     if latents.ndim != 2 or latents.dtype != np.float32:
         raise BankError(f"{bank_path} holds {latents.dtype} {latents.shape}, expected float32 N x latent_dim")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from generator.direction import DirectionError, load_direction
 from generator.interface import Generator, GeneratorSpecError, digest_file
 from generator.params import load_params
-from generator.registry import build_generator
+from generator.registry import build_generator, command_spec
 from generator.runs import FolderLocked, RecordMismatch, resolve_device
 from generator.synth import folder as output_folder
 from generator.synth.card import write_card
@@ -254,7 +254,8 @@ def _finite(ctx, param, value):
 @click.option("--generator", "generator_name", default=None,
               help="Generator to use instead of params' `generator` section: a built-in name or "
                    "python:package.module:factory.")
-@click.option("--weights", default=None, help="Weights path or module handle for --generator.")
+@click.option("--weights", default=None,
+              help="Weights path or module handle: for --generator, or else for params' generator.")
 @click.option("--direction", type=click.Path(dir_okay=False), default=None,
               help="Direction file (h_bg) from the discover stage. [params: synth.direction]")
 @click.option("--bank", type=click.Path(dir_okay=False), default=None,
@@ -317,14 +318,9 @@ def main(params_path: str, generator_name: str | None, weights: str | None, over
     try:
         params = load_params(params_path)
         settings = SynthSettings.from_params(params.get("synth")).override(**options)
-    except (FileNotFoundError, ValueError) as error:
+        spec = command_spec(params.get("generator"), generator_name, weights)
+    except (FileNotFoundError, ValueError, GeneratorSpecError) as error:
         raise click.ClickException(str(error)) from error
-    if generator_name:
-        spec: dict[str, Any] = {"name": generator_name, "weights": weights}
-    elif "generator" in params:
-        spec = dict(params["generator"])
-    else:
-        raise click.ClickException(f"{params_path} has no `generator` section; pass --generator")
     synthesize(settings, spec, bank_given=options.get("bank") is not None, overwrite=overwrite,
                replace_finished=replace_finished)
 

@@ -107,7 +107,7 @@ def load_latent_bank(path: str | Path, latent_dim: int, generator_identity: str 
         _check_bank_generator(path, generator_identity)
     try:
         bank = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, EOFError) as error:   # EOFError: an empty or cut file
         raise LatentBankError(f"{path} is not a .npy array of latents: {error}") from error
     if bank.ndim != 2 or not np.issubdtype(bank.dtype, np.floating):
         raise LatentBankError(f"{path} must hold a 2-D float array N x {latent_dim}, got "

@@ -46,6 +46,8 @@ class SynthSettings:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> "SynthSettings":
+        if section is not None and not isinstance(section, Mapping):
+            raise SettingsError(f"the synth section must map settings to values, got {type(section).__name__}")
         section = dict(section or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(section) - known
