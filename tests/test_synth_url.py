@@ -155,3 +155,20 @@ def test_an_s3_bucket_gets_the_bytes_of_a_local_folder_and_resumes(project, s3_b
     result = run("--output", s3_bucket)
     assert "(2 already complete)" in result.output
     assert url_bytes(s3_bucket) == shard_bytes(project / "reference")
+
+
+def test_an_object_store_that_refuses_the_run_is_a_clear_error(project, monkeypatch):
+    pytest.importorskip("s3fs")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"AWS_SHARED_CREDENTIALS_FILE": str(project / "none"), "AWS_CONFIG_FILE": str(project / "none"),
+                       "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    import fsspec
+    fsspec.filesystem("s3").clear_instance_cache()
+    failed = run("--output", "s3://sets/synth", expect=1)      # botocore's NoCredentialsError is no OSError
+    assert "cannot write to output s3://sets/synth: NoCredentialsError" in failed.output
+    verified = CliRunner().invoke(synth_verify, ["s3://sets/synth"])
+    assert verified.exit_code == 1 and "cannot read s3://sets/synth/manifest.json: NoCredentialsError" in verified.output
+    assert "Traceback" not in failed.output + verified.output

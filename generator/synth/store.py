@@ -147,6 +147,8 @@ class UrlFolder:
             entries = self.fs.ls(self.root, detail=True, refresh=True)
         except FileNotFoundError:
             return {}
+        except Exception as error:          # an object store's own errors (no credentials, ...) are not OSErrors
+            raise StoreError(f"cannot list {self.location}: {type(error).__name__}: {error}") from error
         listed = {}
         for entry in entries:
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
@@ -156,7 +158,12 @@ class UrlFolder:
         return listed
 
     def read_bytes(self, name: str) -> bytes:
-        return self.fs.cat_file(self._path(name))
+        try:
+            return self.fs.cat_file(self._path(name))
+        except OSError:
+            raise                           # FileNotFoundError and the like: the callers tell them apart
+        except Exception as error:          # an object store's own errors (no credentials, ...)
+            raise StoreError(f"cannot read {self.where(name)}: {type(error).__name__}: {error}") from error
 
     def read_many(self, names: list[str]) -> dict[str, bytes]:
         """Many small files in one call: object stores fetch them concurrently."""
@@ -196,8 +203,8 @@ class UrlFolder:
         try:
             created = not self.fs.exists(self.root)
             self.fs.makedirs(self.root, exist_ok=True)
-        except (OSError, PermissionError) as error:
-            raise StoreError(f"cannot write to output {self.location}: {error}") from error
+        except Exception as error:          # an object store's own errors (no credentials, ...) are not OSErrors
+            raise StoreError(f"cannot write to output {self.location}: {type(error).__name__}: {error}") from error
         return created
 
     def remove_if_empty(self) -> None:
