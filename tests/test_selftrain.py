@@ -95,6 +95,9 @@ def test_a_run_writes_model_curves_and_moves_labels_only_after_the_warm_up(tmp_p
     assert json.loads((plots / "summary.json").read_text())["photos"] == 10
     with Image.open(plots / "pseudo_labels.png") as grid:
         assert grid.width == 64 * 6  # photo + G1..G5
+    messages = []
+    again = self_train(config, progress=False, log=messages.append)     # a finished run, run again
+    assert again.steps == result.steps and any("all 4 epochs are done" in message for message in messages)
 
 
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(tmp_path, synthetic_model):
@@ -258,6 +261,10 @@ def test_a_subset_is_seeded_and_the_cache_is_reused(tmp_path):
     assert first.files == again.files == sorted(first.files) and len(first.files) == 5
     assert first.files != other.files
     assert first.squares.shape == (5, 16, 16, 3) and first.squares.dtype == np.uint8
+    # the cache as made and as read back: same pixels and the same memory layout, so a run that makes
+    # the cache and one that resumes from it feed the network the same batches, to the bit
+    np.testing.assert_array_equal(first.squares, again.squares)
+    assert first.squares.strides == again.squares.strides and first.squares.flags.c_contiguous
 
 
 def test_disabled_stage_records_that_it_is_off(tmp_path, synthetic_model):

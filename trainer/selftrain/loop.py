@@ -123,7 +123,8 @@ def _self_train(config: SelfTrainConfig, progress: bool, log: Callable[[str], No
         epoch, batch = int(state["epoch"]), int(state["batch"])
         labels = load_array(labels_path(config.work_dir, epoch))
         resumed_from = (epoch, batch)
-        log(f"resuming at epoch {epoch}, batch {batch} ({config.work_dir})")
+        log(f"all {config.total_epochs} epochs are done; writing the model again ({config.work_dir})"
+            if epoch > config.total_epochs else f"resuming at epoch {epoch}, batch {batch} ({config.work_dir})")
 
     def checkpoint() -> None:
         save_state({"step": (epoch - 1) * batches_per_epoch + batch, "epoch": epoch, "batch": batch,

@@ -33,7 +33,7 @@ from trainer.selftrain.config import LOSSES, ConfigError, SelfTrainConfig  # noq
               help="Rounds: each after the first starts with the model so far labelling every photo afresh.")
 @click.option("--olr-lambda", type=click.FloatRange(0, 1),
               help="lambda of the label update G <- lambda G + (1 - lambda) Y after the warm-up; 1: no rectification.")
-@click.option("--olr-warmup-epochs", type=click.IntRange(min=0), help="Epochs after which labels stay as they are.")
+@click.option("--olr-warmup-epochs", type=click.IntRange(min=0), help="Warm-up: epochs during which the labels stay as they are; they move after each later epoch.")
 @click.option("--loss", type=click.Choice(LOSSES), help="a2s: BCE + SSIM + IoU (A2S); bce: pixel-wise BCE.")
 @click.option("--refine-labels/--no-refine-labels", default=None,
               help="Refine the first labels against each photo with the fast bilateral solver.")

@@ -63,7 +63,10 @@ def choose_photos(folder: str | Path, max_photos: int | None, seed: int) -> list
 def square_photo(rgb: np.ndarray, side: int) -> np.ndarray:
     """One photo as the model's S x S x 3 uint8 input: the inference protocol, then the centre crop."""
     square = centre_crop(protocol_input(rgb, side), side)[0]
-    return torch.round((square + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    # C order, as the cache reads back from disk: a batch's memory layout picks the convolution's
+    # summation order, so a channels-last first run and a C-order resumed one would differ
+    return np.ascontiguousarray(
+        torch.round((square + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
 
 
 def _cache_key(folder: Path, paths: list[Path], side: int) -> str:
