@@ -193,6 +193,17 @@ def test_a_sample_without_a_mask_is_a_clear_error(tmp_path):
         read_pairs([str(tmp_path / "synth-000000.tar")], None, 100)
 
 
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_a_shard_that_is_not_a_whole_tar_stops_the_stream_naming_it(tmp_path, damage):
+    write_disc_shards(tmp_path, shards=2, per_shard=4)
+    shard = tmp_path / "synth-000001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:3000] if damage == "cut" else b"\x17" * 4096)     # cut inside its first member
+    with pytest.raises(ShardFormatError, match="is not a readable tar .* synth-verify") as raised:
+        read_pairs([str(tmp_path / "synth-000000.tar"), str(shard)], None, 100)
+    assert str(shard) in str(raised.value)
+
+
 def test_member_names_in_sub_folders_are_allowed():
     check_member_name("part/000001_000002.mask.png", "s.tar")
 
@@ -269,3 +280,5 @@ def test_missing_and_empty_sources_are_clear_errors(tmp_path):
         resolve_shards(str(tmp_path / "empty"))
     with pytest.raises(ShardFormatError, match="2 shard.* not found"):
         resolve_shards(str(tmp_path / "synth-{000000..000001}.tar"))
+    with pytest.raises(ShardFormatError, match="nosuch not found: neither a folder of shards nor a shard"):
+        resolve_shards(str(tmp_path / "nosuch"))

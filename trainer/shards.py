@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import random
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -67,6 +68,8 @@ def resolve_shards(source: str | list[str], manifest: bool = True) -> list[str]:
         else:
             names.extend(expand_urls(entry))
     missing = [name for name in names if not _is_url(name) and not os.path.isfile(name)]
+    if missing == [source] and not any(character in source for character in "{*?["):
+        raise ShardFormatError(f"{source} not found: neither a folder of shards nor a shard")
     if missing:
         raise ShardFormatError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}")
     if not names:
@@ -146,10 +149,16 @@ def split_holdout(shards: list[str], holdout: int | list[str]) -> tuple[list[str
 
 
 def safe_samples(urls: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """WebDataset's tar reading with every member name checked before samples are grouped."""
-    opened = url_opener(urls, handler=wds.reraise_exception)
-    members = tar_file_expander(opened, handler=wds.reraise_exception)
-    return group_by_keys(checked_members(members), handler=wds.reraise_exception)
+    """WebDataset's tar reading with every member name checked before samples are grouped; a
+    shard that is not a whole tar stops the run naming it (a sample never spans two shards)."""
+    for source in urls:
+        opened = url_opener(iter([source]), handler=wds.reraise_exception)
+        members = tar_file_expander(opened, handler=wds.reraise_exception)
+        try:
+            yield from group_by_keys(checked_members(members), handler=wds.reraise_exception)
+        except (tarfile.ReadError, EOFError) as error:
+            raise ShardFormatError(f"shard {source.get('url')} is not a readable tar ({error.args[0]}); "
+                                   f"check the set with synth-verify") from error
 
 
 @dataclass(frozen=True)
