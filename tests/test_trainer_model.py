@@ -83,7 +83,7 @@ def test_weights_file_holding_arbitrary_objects_is_refused(tmp_path, capsys):
 
     with open(tmp_path / "unet.pt", "wb") as f:
         pickle.dump({"weights": Payload()}, f, protocol=2)
-    with pytest.raises(TrainedModelError, match="cannot load weights"):
+    with pytest.raises(TrainedModelError, match="objects other than tensors, which this project never unpickles"):
         load_trained_model(tmp_path)
     assert "unpickled!" not in capsys.readouterr().out
 
@@ -94,8 +94,19 @@ def test_weights_file_holding_arbitrary_objects_is_refused(tmp_path, capsys):
     (lambda folder: (folder / "unet.json").write_text('{"format_version": 7}'), "format version"),
     (lambda folder: (folder / "unet.json").write_text('{"format_version": 1, "architecture": "resnet"}'),
      "does not describe a U-Net"),
-    (lambda folder: (folder / "unet.json").write_text('{"format_version": 1, "base_channels": 6, "depth": 1}'),
-     "cannot load weights"),
+    (lambda folder: (folder / "unet.json").write_text(
+        '{"format_version": 1, "base_channels": 6, "depth": 1, "input_size": 8}'),
+     r"do not fit the U-Net .*\(0 missing, 0 unexpected, \d+ of another shape; e.g. \S+ is \(4, 4, 3, 3\), the U-Net's "
+     r"\(6, 6, 3, 3\)\)"),
+    (lambda folder: (folder / "unet.json").write_text('{"format_version": 1, "base_channels": 4, "depth": 1}'),
+     "input_size must be a whole number of at least 2 \\*\\* depth = 2, got None"),
+    (lambda folder: (folder / "unet.json").write_text(
+        '{"format_version": 1, "base_channels": 4, "depth": 1, "input_size": 1}'), "got 1"),
+    (lambda folder: (folder / "unet.pt").write_bytes(b""), "truncated, or not a torch weights file"),
+    (lambda folder: (folder / "unet.pt").write_bytes((folder / "unet.pt").read_bytes()[:500]), "truncated"),
+    (lambda folder: torch.save({"model": {}, "optimizer": {}, "step": 3}, folder / "unet.pt"),
+     "a training checkpoint, not a trained model"),
+    (lambda folder: torch.save({"weights": 1}, folder / "unet.pt"), "not a dict of tensors"),
 ])
 def test_broken_folders_are_clear_errors(tmp_path, breakage, message):
     save_trained_model(UNet(base_channels=4, depth=1), {"input_size": 8}, tmp_path)

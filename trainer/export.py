@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,36 @@ def load_trained_model(folder: str | Path, map_location: str | torch.device = "c
         model = UNet.from_architecture(config)
     except (KeyError, TypeError, ValueError) as error:
         raise TrainedModelError(f"{config_path} does not describe a U-Net: {error}") from error
-    try:
-        state = torch.load(weights_path, map_location=map_location, weights_only=True)
-        model.load_state_dict(state)
-    except Exception as error:  # unpickling refusals, truncated files and shape mismatches alike
-        raise TrainedModelError(f"cannot load weights {weights_path}: {error}") from error
+    side = config.get("input_size")
+    if not isinstance(side, int) or isinstance(side, bool) or side < 2 ** model.architecture["depth"]:
+        raise TrainedModelError(f"{config_path}: input_size must be a whole number of at least "
+                                f"2 ** depth = {2 ** model.architecture['depth']}, got {side!r}")
+    model.load_state_dict(_read_weights(weights_path, model, map_location))
     return model.to(map_location).eval(), config
+
+
+def _read_weights(path: Path, model: UNet, map_location) -> dict[str, torch.Tensor]:
+    """The state dict in `path`, checked against `model`; a one-line reason when it cannot be used."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:     # weights_only refused an object: never unpickled here
+        raise TrainedModelError(f"cannot load weights {path}: it holds objects other than tensors, "
+                                f"which this project never unpickles") from error
+    except Exception as error:                  # torch's reader fails on empty, cut or foreign files
+        raise TrainedModelError(f"cannot load weights {path}: truncated, or not a torch weights file "
+                                f"({type(error).__name__})") from error
+    if isinstance(state, dict) and {"model", "optimizer"} <= set(state):
+        raise TrainedModelError(f"cannot load weights {path}: it is a training checkpoint, not a trained "
+                                f"model; the model is the unet.pt train-unet writes to its model folder")
+    expected = model.state_dict()
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise TrainedModelError(f"cannot load weights {path}: not a dict of tensors")
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    misshapen = [name for name in sorted(expected.keys() & state.keys()) if state[name].shape != expected[name].shape]
+    if missing or unexpected or misshapen:
+        example = (f"{misshapen[0]} is {tuple(state[misshapen[0]].shape)}, the U-Net's "
+                   f"{tuple(expected[misshapen[0]].shape)}" if misshapen else (missing or unexpected)[0])
+        raise TrainedModelError(f"cannot load weights {path}: they do not fit the U-Net its unet.json describes "
+                                f"({len(missing)} missing, {len(unexpected)} unexpected, {len(misshapen)} of "
+                                f"another shape; e.g. {example})")
+    return state
