@@ -170,5 +170,5 @@ def test_an_object_store_that_refuses_the_run_is_a_clear_error(project, monkeypa
     failed = run("--output", "s3://sets/synth", expect=1)      # botocore's NoCredentialsError is no OSError
     assert "cannot write to output s3://sets/synth: NoCredentialsError" in failed.output
     verified = CliRunner().invoke(synth_verify, ["s3://sets/synth"])
-    assert verified.exit_code == 1 and "cannot read s3://sets/synth/manifest.json: NoCredentialsError" in verified.output
+    assert verified.exit_code == 1 and "manifest.json cannot be read: cannot read s3://sets/synth/manifest.json: NoCredentialsError" in verified.output
     assert "Traceback" not in failed.output + verified.output

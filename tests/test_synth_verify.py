@@ -23,10 +23,8 @@ from generator.synth.writer import ShardWriter, file_sha256
 RESOLUTION = 24
 
 
-@pytest.fixture(scope="module")
-def shard_set(tmp_path_factory) -> Path:
-    """A finished set of 3 shards (10, 10, 5 samples) at 24 x 24, with latents."""
-    root = tmp_path_factory.mktemp("synth")
+def make_shard_set(root: Path) -> Path:
+    """A finished set of 3 shards (10, 10, 5 samples) at 24 x 24, with latents, in root/shards."""
     generator = ShapesGenerator(resolution=RESOLUTION)
     save_direction(Direction.from_vector(generator.planted_direction("lighting"), generator.identity),
                    root / "direction.json")
@@ -37,6 +35,11 @@ def shard_set(tmp_path_factory) -> Path:
     result = CliRunner().invoke(gen_synth, ["--params", str(root / "params.yaml")])
     assert result.exit_code == 0, result.output
     return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory) -> Path:
+    return make_shard_set(tmp_path_factory.mktemp("synth"))
 
 
 @pytest.fixture

@@ -172,6 +172,8 @@ def check_card(folder, manifest: dict[str, Any]) -> list[str]:
         data = open_output(folder).read_bytes(CARD_NAME)
     except (FileNotFoundError, IsADirectoryError):
         return [f"{CARD_NAME} (the dataset card) is missing"]
+    except OSError as error:
+        return [f"{CARD_NAME} (the dataset card) cannot be read: {error}"]
     if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         return [f"{CARD_NAME} (the dataset card) does not match its sha256 in the manifest: it was changed "
                 f"after gen-synth wrote it (filling the licence counts: edit it in the copy you publish)"]

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
 from generator.interface import digest_bytes
 from generator.runs import record_digest
-from generator.synth.store import open_output
+from generator.synth.store import StoreError, open_output
 from generator.synth.writer import ShardStats, json_file_bytes
 
 MANIFEST_NAME = "manifest.json"
@@ -106,20 +107,69 @@ def write_manifest(folder, manifest: dict[str, Any]) -> str:
     return store.where(MANIFEST_NAME)
 
 
+#: What readers (synth-verify, the card check) rely on: field -> the JSON types it may have, checked
+#: in this order so a parent is known sound before its children.  `[]` stands for every element of
+#: a list; NoneType marks a field that may be absent (sets made before it existed have none).
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "generator": (dict,), "generator.identity": (str,), "generator.latent_dim": (int,),
+    "image_size": (int,), "members": (list,), "members[]": (str,),
+    "parameters": (dict,), "totals": (dict,), "totals.empty_masks": (int, NoneType),
+    "shards": (list,), "shards[]": (dict,), "shards[].shard": (int,), "shards[].name": (str,),
+    "shards[].samples": (int,), "shards[].candidates": (int,), "shards[].bytes": (int,),
+    "shards[].sha256": (str,), "card": (dict, NoneType),
+}
+#: Members every sample has (`latent.npy` only with --save-latents).
+REQUIRED_MEMBERS = ("jpg", "mask.png", "json")
+_MISSING = object()
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "a boolean", NoneType: "null"}
+
+
+def _field_values(manifest: dict[str, Any], field: str) -> list[tuple[str, Any]]:
+    """(name, value) of every field `field` names, e.g. ("shards[2].name", "synth-000002.tar")."""
+    found: list[tuple[str, Any]] = [("", manifest)]
+    for part in field.split("."):
+        key = part.removesuffix("[]")
+        found = [(f"{name}.{key}".lstrip("."), parent.get(key, _MISSING)) for name, parent in found]
+        if part.endswith("[]"):
+            found = [(f"{name}[{index}]", item) for name, items in found for index, item in enumerate(items)]
+    return found
+
+
+def check_field_types(manifest: dict[str, Any], where: str) -> None:
+    """ManifestError naming the first field of FIELD_TYPES that is missing or of another type.
+
+    The exact type is compared, so JSON's true is not taken for an integer."""
+    for field, types in FIELD_TYPES.items():
+        for name, value in _field_values(manifest, field):
+            if value is _MISSING and NoneType in types:
+                continue
+            if value is _MISSING:
+                raise ManifestError(f"{where} has no `{name}` field")
+            if type(value) not in types:
+                expected = " or ".join(_TYPE_NAMES[kind] for kind in types)
+                raise ManifestError(f"{where}: `{name}` is {_TYPE_NAMES.get(type(value), type(value).__name__)}, "
+                                    f"expected {expected}")
+    lacking = [member for member in REQUIRED_MEMBERS if member not in manifest["members"]]
+    if lacking:
+        raise ManifestError(f"{where}: `members` lacks {', '.join(lacking)}")
+
+
 def read_manifest(folder) -> dict[str, Any]:
     """The manifest of a shard folder (a path, a URL or an open store); ManifestError when missing
-    or malformed."""
+    or malformed, including any field readers rely on being of the wrong type (it is often edited
+    by hand, or comes from elsewhere)."""
     store = open_output(folder)
     where = store.where(MANIFEST_NAME)
     try:
         manifest = json.loads(store.read_bytes(MANIFEST_NAME))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ManifestError(f"{where} not found: not a finished gen-synth output folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (OSError, StoreError) as error:             # StoreError: an object store's own refusal
+        raise ManifestError(f"{where} cannot be read: {error}") from error
+    except (ValueError, RecursionError) as error:       # not JSON, not UTF-8, or nested past the parser's depth
         raise ManifestError(f"{where} is not valid JSON: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         raise ManifestError(f"{where} is not a shard manifest of format version {FORMAT_VERSION}")
-    for key in ("shards", "parameters", "totals", "members"):
-        if key not in manifest:
-            raise ManifestError(f"{where} has no `{key}` field")
+    check_field_types(manifest, where)
     return manifest

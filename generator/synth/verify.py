@@ -4,6 +4,11 @@ Checks: every listed shard exists with the recorded size and sha256, no unlisted
 beside them, the dataset card (README.md) has the size and sha256 the manifest lists, every
 sample has exactly the manifest's members under a dot-free key, every member decodes (JPEG, 8-bit 0/255 PNG mask of the right size, JSON that agrees with the manifest, float32
 latents read without pickle), and the counts add up.  Problems are listed, and the exit is non-zero.
+
+The set comes from elsewhere, so nothing in it is trusted: a malformed manifest is one problem
+naming the field, a picture is decoded only once its header shows the expected size (a small file
+may claim a huge picture), and no size a header declares is allocated before it is checked against
+the bytes that are really there.  synth-preview reads shards and pictures with the same functions.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ import io
 import json
 import re
 import tarfile
+import tokenize
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import numpy as np
@@ -30,6 +37,12 @@ from generator.synth.settings import SynthSettings
 from generator.synth.store import StoreError, open_output
 
 KEY_PATTERN = re.compile(r"^(\d{6})_(\d{6})$")
+#: What Pillow raises on a bad file: OSError (UnidentifiedImageError, truncated data), ValueError,
+#: EOFError, SyntaxError (its PNG reader's broken chunk) and DecompressionBombError (a header
+#: claiming a huge picture), which derives from none of the others.
+PICTURE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
+#: Header readers of the .npy versions np.save writes.
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 @dataclass
@@ -37,24 +50,41 @@ class VerifyReport:
     shards: int = 0
     samples: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+class MemberError(Exception):
+    """A member that does not decode or is not what it should be; the message says how."""
+
+
 def read_samples(path: Path | str, fileobj=None) -> tuple[dict[str, dict[str, bytes]], list[str]]:
     """Samples of one tar (a path, or an open binary file named `path`) as {key: {extension:
-    bytes}} in file order, and problems met reading it."""
+    bytes}} in file order, and problems met reading it.
+
+    The whole tar is read into memory first (its members are kept anyway): tarfile then reads
+    from bytes that are there, and a header claiming a huge member or pax record allocates nothing.
+    """
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
     problems = []
     path = Path(str(path))
     try:
-        with tarfile.open(None if fileobj is not None else path, mode="r:", fileobj=fileobj) as tar:
+        data = path.read_bytes() if fileobj is None else fileobj.read()
+    except OSError as error:
+        return {}, [f"{path.name}: cannot be read ({error})"]
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for member in tar:
                 if not member.isfile():
                     problems.append(f"{path.name}: member {member.name!r} is not a regular file")
                     continue
+                if member.offset_data + member.size > len(data):
+                    problems.append(f"{path.name}: member {member.name!r} claims {member.size} bytes, past the "
+                                    f"end of the file (truncated, or a forged header)")
+                    return dict(samples), problems
                 key, dot, extension = member.name.partition(".")
                 if not dot or "/" in member.name:
                     problems.append(f"{path.name}: member {member.name!r} is not KEY.EXTENSION")
@@ -62,9 +92,56 @@ def read_samples(path: Path | str, fileobj=None) -> tuple[dict[str, dict[str, by
                 if extension in samples[key]:
                     problems.append(f"{path.name}: member {member.name!r} appears twice")
                 samples[key][extension] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as error:
+            # tarfile takes a missing or cut header for the end: a tar cut between members reads as whole
+            if not has_end_marker(data[tar.offset:]):
+                problems.append(f"{path.name}: ends without the tar end marker (truncated after "
+                                f"{len(samples)} samples?)")
+    except (tarfile.TarError, OSError, EOFError, ValueError) as error:
         problems.append(f"{path.name}: cannot be read as a tar file ({error})")
     return dict(samples), problems
+
+
+def has_end_marker(rest: bytes) -> bool:
+    """Whether what follows a tar's last member is its end marker: zero blocks, and only those."""
+    return bool(rest) and rest.count(0) == len(rest)
+
+
+def decode_picture(data: bytes, fits: Callable[[Image.Image], bool], expected: str) -> Image.Image:
+    """The picture in `data`, decoded only once its header passes `fits` (size, format, mode): a
+    small file claiming a huge picture (a decompression bomb) is never expanded.  MemberError
+    saying what the picture is (against `expected`), or why it does not decode, otherwise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # `fits` judges the size
+            image = Image.open(io.BytesIO(data))
+        if not fits(image):
+            raise MemberError(f"is {image.format} {image.mode} {image.size}, expected {expected}")
+        image.load()
+    except PICTURE_ERRORS as error:
+        raise MemberError(f"does not decode: {error}") from error
+    return image
+
+
+def picture_is(format: str, mode: str, side: int) -> Callable[[Image.Image], bool]:
+    """Whether a picture's header shows this format, mode and a side x side size."""
+    return lambda image: (image.format, image.mode, image.size) == (format, mode, (side, side))
+
+
+def check_latent(data: bytes, latent_dim: int) -> None:
+    """MemberError unless `data` is a float32 .npy vector of `latent_dim`, read without pickle.
+    Its header is checked first, since np.load allocates whatever shape a header claims."""
+    try:
+        stream = io.BytesIO(data)
+        read_header = NPY_HEADER_READERS.get(np.lib.format.read_magic(stream))
+        if read_header is None:
+            raise MemberError("is not a .npy file of version 1.0 or 2.0")
+        shape, _, dtype = read_header(stream)
+        if dtype != np.float32 or shape != (latent_dim,):
+            raise MemberError(f"is {dtype} {shape}")
+        np.load(io.BytesIO(data), allow_pickle=False)
+    # EOFError: an empty member; TokenError: a header numpy's fallback parser cannot tokenize
+    except (ValueError, OSError, EOFError, tokenize.TokenError) as error:
+        raise MemberError(f"does not load: {error}") from error
 
 
 def check_sample(shard: str, key: str, members: dict[str, bytes], manifest: dict[str, Any],
@@ -78,45 +155,42 @@ def check_sample(shard: str, key: str, members: dict[str, bytes], manifest: dict
     if not match or int(match.group(1)) != index:
         return [f"{where}: key is not {index:06d}_NNNNNN"]
     problems = []
-    size = manifest.get("image_size")
+    size = manifest["image_size"]
     try:
-        with Image.open(io.BytesIO(members["jpg"])) as image:
-            image.load()
-            if image.format != "JPEG" or image.mode != "RGB" or image.size != (size, size):
-                problems.append(f"{where}.jpg is {image.format} {image.mode} {image.size}, "
-                                f"expected JPEG RGB {size} x {size}")
-    except (OSError, ValueError) as error:
-        problems.append(f"{where}.jpg does not decode: {error}")
+        decode_picture(members["jpg"], picture_is("JPEG", "RGB", size), f"JPEG RGB {size} x {size}")
+    except MemberError as error:
+        problems.append(f"{where}.jpg {error}")
     mask = None
     try:
-        with Image.open(io.BytesIO(members["mask.png"])) as image:
-            image.load()
-            if image.format != "PNG" or image.mode != "L" or image.size != (size, size):
-                problems.append(f"{where}.mask.png is {image.format} {image.mode} {image.size}, "
-                                f"expected an 8-bit grey PNG {size} x {size}")
-            else:
-                mask = np.asarray(image)
-                if not np.isin(mask, (0, 255)).all():
-                    problems.append(f"{where}.mask.png holds values other than 0 and 255")
-    except (OSError, ValueError) as error:
-        problems.append(f"{where}.mask.png does not decode: {error}")
+        image = decode_picture(members["mask.png"], picture_is("PNG", "L", size), f"an 8-bit grey PNG {size} x {size}")
+        mask = np.asarray(image)
+        if not np.isin(mask, (0, 255)).all():
+            problems.append(f"{where}.mask.png holds values other than 0 and 255")
+    except MemberError as error:
+        problems.append(f"{where}.mask.png {error}")
+    problems.extend(check_record(where, key, index, members["json"], manifest, mask))
+    if "latent.npy" in members:
+        try:
+            check_latent(members["latent.npy"], manifest["generator"]["latent_dim"])
+        except MemberError as error:
+            problems.append(f"{where}.latent.npy {error}")
+    return problems
+
+
+def check_record(where: str, key: str, index: int, data: bytes, manifest: dict[str, Any],
+                 mask: np.ndarray | None) -> list[str]:
+    """Problems with a sample's JSON record against its key, shard, the manifest and its mask."""
+    problems = []
     try:
-        record = json.loads(members["json"])
+        record = json.loads(data)
         if record.get("key") != key or record.get("shard") != index:
             problems.append(f"{where}.json names key {record.get('key')!r} shard {record.get('shard')!r}")
         if record.get("generator") != manifest["generator"]["identity"]:
             problems.append(f"{where}.json names generator {record.get('generator')!r}")
         if mask is not None and abs(record.get("foreground_fraction", -1) - (mask > 0).mean()) > 1e-5:
             problems.append(f"{where}.json foreground_fraction does not match the mask")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as error:
+    except (ValueError, AttributeError, TypeError, RecursionError, OverflowError) as error:
         problems.append(f"{where}.json is not a valid record: {error}")
-    if "latent.npy" in members:
-        try:
-            latent = np.load(io.BytesIO(members["latent.npy"]), allow_pickle=False)
-            if latent.dtype != np.float32 or latent.shape != (manifest["generator"]["latent_dim"],):
-                problems.append(f"{where}.latent.npy is {latent.dtype} {latent.shape}")
-        except (ValueError, OSError) as error:
-            problems.append(f"{where}.latent.npy does not load: {error}")
     return problems
 
 
@@ -136,7 +210,11 @@ def verify_folder(folder: str | Path, decode: bool = True, progress: bool = Fals
         return report
     rows = manifest["shards"]
     listed = {row["name"] for row in rows}
-    listing = folder.listing()
+    try:
+        listing = folder.listing()
+    except OSError as error:
+        report.problems.append(f"{folder.location} cannot be listed: {error}")
+        return report
     for extra in sorted(name for name, size in listing.items()
                         if name.endswith(".tar") and size is not None and name not in listed):
         report.problems.append(f"{extra} is not listed in the manifest")
@@ -147,7 +225,11 @@ def verify_folder(folder: str | Path, decode: bool = True, progress: bool = Fals
             report.problems.append(f"{row['name']} is missing")
             continue
         # One read of the shard serves the checksum and the samples (it may come over a network).
-        data = folder.read_bytes(row["name"])
+        try:
+            data = folder.read_bytes(row["name"])
+        except OSError as error:
+            report.problems.append(f"{row['name']} cannot be read: {error}")
+            continue
         if size != row["bytes"]:
             report.problems.append(f"{row['name']} has {size} bytes, the manifest says {row['bytes']} "
                                    f"(truncated or changed)")
@@ -175,15 +257,24 @@ def verify_folder(folder: str | Path, decode: bool = True, progress: bool = Fals
     if [row["shard"] for row in rows] != list(range(len(rows))):
         report.problems.append("manifest shards are not numbered 0, 1, 2, ... in order")
     report.problems.extend(check_card(folder, manifest))
+    empty_masks = totals.get("empty_masks") or 0       # absent in sets made before it was counted
+    if empty_masks > 0:
+        report.warnings.append(f"{empty_masks} of the {expected['samples']} masks are empty")
     return report
 
 
 def default_folder(params_path: str) -> str:
     """synth.output of the parameters file, or data/shards without one."""
     try:
-        return str((load_params(params_path).get("synth") or {}).get("output", SynthSettings.output))
-    except (FileNotFoundError, ValueError):
+        section = load_params(params_path).get("synth") or {}
+    except FileNotFoundError:
         return SynthSettings.output
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    if not isinstance(section, dict):
+        raise click.ClickException(f"{params_path}: the synth section must map settings to values, "
+                                   f"got {type(section).__name__}")
+    return str(section.get("output", SynthSettings.output))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -201,6 +292,8 @@ def main(folder: str | None, params_path: str, no_decode: bool) -> None:
     """
     folder = folder or default_folder(params_path)
     report = verify_folder(folder, decode=not no_decode, progress=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if report.ok:
         click.echo(f"OK: {folder}: {report.shards} shards, {report.samples} samples match the manifest")
         return
