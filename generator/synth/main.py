@@ -267,12 +267,14 @@ def _finite(ctx, param, value):
 @click.option("--shard-size", type=click.IntRange(min=1), default=None,
               help="Samples per shard; the last shard may hold fewer. [params: synth.shard_size]")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
-              help="Seed: sample j of shard k is a function of (seed, k, j) only. [params: synth.seed]")
+              help="Seed: sample j of shard k is a function of (seed, k, j) and the settings, whichever process "
+                   "or machine renders it. [params: synth.seed]")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes on CPU, one shard each at a time (one torch thread each). "
                    "[params: synth.workers]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Candidates per generator call. [params: synth.batch_size]")
+              help="Candidates per generator call. It is among the settings a set resumes with: a batched "
+                   "generator's arithmetic may depend on it. [params: synth.batch_size]")
 @click.option("--device", default=None,
               help="cpu (worker processes), cuda or cuda:N (render in this process in batches on a GPU), or "
                    "auto (cuda when present). [params: synth.device]")
