@@ -162,6 +162,12 @@ def pair_by_key(images: list[Path], masks: list[Path], image_key: Callable[[str]
     return pairs, sorted(unmatched_images), sorted(unmatched_masks), sorted(clashes)
 
 
+def files_message(benchmark: str, kind: str, files: list[str]) -> str:
+    """A warning about some of a benchmark's files: how many, and the first five."""
+    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    return f"{benchmark}: {len(files)} {kind}: {shown}"
+
+
 def load_benchmark(layout: Layout, folder: str | Path) -> Benchmark:
     """Find a benchmark's pairs in `folder` (the benchmark's own folder, e.g. root/ECSSD)."""
     folder = Path(folder)
@@ -190,8 +196,7 @@ def load_benchmark(layout: Layout, folder: str | Path) -> Benchmark:
         benchmark.unmatched_masks = [p for p in benchmark.unmatched_masks
                                      if layout.mask_key(Path(p).stem) in wanted_set]
     for kind, files in benchmark.problems().items():
-        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-        warnings.warn(f"{layout.name}: {len(files)} {kind.replace('_', ' ')}: {shown}", stacklevel=2)
+        warnings.warn(files_message(layout.name, kind.replace("_", " "), files), stacklevel=2)
     if not benchmark.pairs:
         raise BenchmarkNotFound(f"{layout.name}: no image in {image_dir} has a mask in {mask_dir}")
     return benchmark
@@ -246,8 +251,11 @@ def _number_key(stem: str) -> str:
 
 def flowers_mask(path: Path) -> np.ndarray:
     """ReDO's rule for the Flowers segmentations: background where R == 0 or G == 0 or B == 254."""
-    with Image.open(path) as image:
-        rgb = np.array(image.convert("RGB"))
+    return load_mask(path, _flowers_foreground)
+
+
+def _flowers_foreground(image: Image.Image) -> np.ndarray:
+    rgb = np.array(image.convert("RGB"))
     background = (rgb[..., 0] == 0) | (rgb[..., 1] == 0) | (rgb[..., 2] == 254)
     return np.where(background, 0, 255).astype(np.uint8)
 

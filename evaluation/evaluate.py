@@ -11,7 +11,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from evaluation.conventions import Convention, get_convention
-from evaluation.datasets import Benchmark
+from evaluation.datasets import Benchmark, Pair, files_message
 from evaluation.inference import Prediction, predict_benchmark
 from evaluation.metrics import MetricSuite
 from evaluation.parallel import run_parts
@@ -31,6 +31,18 @@ class BenchmarkResult:
     curves: dict[str, dict[str, dict[str, dict[str, np.ndarray]]]]
     examples: list[Prediction] = field(default_factory=list)
     seconds: float = 0.0
+    #: masks (relative to the benchmark's folder) of another size than their image: the maps are
+    #: resized to the mask and scored there, but the user should know their pairs disagree
+    mask_size_mismatches: list[str] = field(default_factory=list)
+
+    def warnings(self) -> list[str]:
+        """What the report should warn of, besides the benchmark's pairing problems."""
+        if not self.mask_size_mismatches:
+            return []
+        return [files_message(self.name, MASK_SIZE_MISMATCH, self.mask_size_mismatches)]
+
+
+MASK_SIZE_MISMATCH = "masks of another size than their image (scored at the mask's size)"
 
 
 def example_indices(count: int, wanted: int) -> set[int]:
@@ -90,16 +102,17 @@ def evaluate_benchmark(benchmark: Benchmark, predictors: Sequence[Predictor], co
     kept: dict[str, Prediction] = {}
     with tqdm(total=len(pairs) * len(groups), desc=benchmark.name, unit="image", disable=not progress) as bar:
         if processes <= 1:
-            kept_by_part = [work.score(0, 1, suites, lambda: bar.update(1))]
+            shares = [work.score(0, 1, suites, lambda: bar.update(1))]
         else:
-            kept_by_part = []
-            for states, part_kept in run_parts(_score_part, work, processes, bar, "evaluation"):
+            shares = []
+            for states, share in run_parts(_score_part, work, processes, bar, "evaluation"):
                 for key, state in states.items():
                     suites[key].add_state(state)
-                kept_by_part.append(part_kept)
-    for part_kept in kept_by_part:
-        for key, prediction in part_kept.items():
+                shares.append(share)
+    for share in shares:
+        for key, prediction in share.kept.items():
             kept.setdefault(key, prediction).maps.update(prediction.maps)
+    mismatches = sorted(set().union(*(share.mask_size_mismatches for share in shares)))
     metrics: dict = {}
     curves: dict = {}
     for (convention_name, row), suite in suites.items():
@@ -108,8 +121,9 @@ def evaluate_benchmark(benchmark: Benchmark, predictors: Sequence[Predictor], co
     examples_kept = [kept[key] for key in sorted(kept)]
     for example in examples_kept:  # grid columns in the rows' order
         example.maps = {row: example.maps[row] for row in rows}
-    return BenchmarkResult(benchmark.name, benchmark.summary(), len(pairs), metrics, curves,
-                           examples_kept, time.perf_counter() - start)
+    summary = {**benchmark.summary(), **({"mask_size_mismatches": mismatches} if mismatches else {})}
+    return BenchmarkResult(benchmark.name, summary, len(pairs), metrics, curves,
+                           examples_kept, time.perf_counter() - start, mismatches)
 
 
 def _suites(conventions: Sequence[Convention | str], rows: Sequence[str],
@@ -127,6 +141,15 @@ def _suites(conventions: Sequence[Convention | str], rows: Sequence[str],
 
 
 @dataclass
+class _Share:
+    """What scoring a part found besides its sums: the chosen examples it met, by key, and the masks
+    of another size than their image."""
+
+    kept: dict[str, Prediction] = field(default_factory=dict)
+    mask_size_mismatches: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _Work:
     """What scoring a benchmark needs; a worker process receives it whole."""
 
@@ -141,9 +164,9 @@ class _Work:
     chosen: set[str]
 
     def score(self, part: int, parts: int, suites: dict[tuple[str, str], MetricSuite],
-              tick: Callable[[], None]) -> dict[str, Prediction]:
-        """Score the part's batches into `suites`; returns the chosen examples it met, by key."""
-        kept: dict[str, Prediction] = {}
+              tick: Callable[[], None]) -> _Share:
+        """Score the part's batches into `suites`; returns what else it found."""
+        share = _Share()
         for group in self.groups:
             for prediction in predict_benchmark(self.benchmark, group, self.batch_size, self.limit, part, parts):
                 if self.refinement:
@@ -152,13 +175,19 @@ class _Work:
                     if row in prediction.maps:
                         suite.update(prediction.maps[row], prediction.mask)
                 if prediction.pair.key in self.chosen:
-                    kept.setdefault(prediction.pair.key, prediction).maps.update(prediction.maps)
+                    share.kept.setdefault(prediction.pair.key, prediction).maps.update(prediction.maps)
+                if prediction.image.shape[:2] != prediction.mask.shape:
+                    share.mask_size_mismatches.add(self._mask_name(prediction.pair))
                 tick()
-        return kept
+        return share
+
+    def _mask_name(self, pair: Pair) -> str:
+        """As the benchmark's unmatched masks are named: relative to its folder."""
+        return str(pair.mask.relative_to(self.benchmark.folder))
 
 
-def _score_part(work: _Work, part: int, parts: int, tick: Callable[[], None]) -> tuple[dict, dict[str, Prediction]]:
-    """A worker process's share: one part scored into suites of its own; their states and examples."""
+def _score_part(work: _Work, part: int, parts: int, tick: Callable[[], None]) -> tuple[dict, _Share]:
+    """A worker process's share: one part scored into suites of its own; their states and what else it found."""
     suites = _suites(work.conventions, work.rows, work.localisation)
-    kept = work.score(part, parts, suites, tick)
-    return {key: suite.state_values() for key, suite in suites.items()}, kept
+    share = work.score(part, parts, suites, tick)
+    return {key: suite.state_values() for key, suite in suites.items()}, share

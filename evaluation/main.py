@@ -9,7 +9,6 @@ and writes metrics, curves, a report and PNG grids (evaluation/report.py).
 
 from __future__ import annotations
 
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from evaluation.conventions import CONVENTIONS, get_convention
 from evaluation.datasets import BenchmarkNotFound, Layout, generic_layout, get_layout, load_benchmark
 from evaluation.download import DownloadError, download_benchmark
 from evaluation.evaluate import REFINED_SUFFIX, BenchmarkResult, evaluate_benchmark, row_names
+from evaluation.masks import UnreadableMaskError
 from evaluation.predictors import CentrePrior, UNetPredictor
 from evaluation.report import write_outputs
 from generator.image_io import UnreadableImageError
@@ -66,7 +66,16 @@ def _settings(params_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
     elif params_path != "params.yaml":
         raise click.ClickException(f"parameters file {params_path} not found")
     settings.update({key: value for key, value in overrides.items() if value is not None and value != ()})
+    if overrides.get("benchmarks"):
+        settings["required"] = _required_with_named(overrides["benchmarks"], overrides.get("required") or ())
     return settings
+
+
+def _required_with_named(named: tuple[str, ...], required: tuple[str, ...]) -> list[str]:
+    """The required list when --benchmark names the benchmarks: each named one must be found (asked
+    for by name, it is not skipped), so params' `required` list is cut to these names; --required
+    names are kept, and fail later when not in the list."""
+    return list(dict.fromkeys([*named, *required]))
 
 
 def _benchmark_specs(settings: dict[str, Any]) -> list[tuple[Layout, Path, bool]]:
@@ -140,6 +149,18 @@ def _row_descriptions(predictors: list, refinement: bool) -> list[dict[str, Any]
     return rows
 
 
+def _warn(message: str, notes: list[str]) -> None:
+    """On stderr now, and in the report's `warnings`."""
+    click.echo(f"warning: {message}", err=True)
+    notes.append(message)
+
+
+def _nothing_evaluated(settings: dict[str, Any], skipped: list[dict[str, str]]) -> str:
+    reasons = "; ".join(entry["reason"] for entry in skipped) or "the benchmark list is empty"
+    return (f"no benchmark was evaluated (benchmarks root {settings['benchmarks_root']}): {reasons}; "
+            "nothing was written")
+
+
 def _print_table(results: list[BenchmarkResult]) -> None:
     header = f"{'benchmark':14s} {'convention':10s} {'predictor':24s} " + " ".join(f"{m:>11s}" for m in TABLE_METRICS)
     click.echo(header)
@@ -159,10 +180,11 @@ def _print_table(results: list[BenchmarkResult]) -> None:
               help="Folder holding one folder per benchmark (default data/benchmarks).")
 @click.option("--benchmark", "benchmarks", multiple=True,
               help="Benchmark to evaluate (repeatable): ECSSD, DUTS-TE, DUT-OMRON, PASCAL-S, HKU-IS, "
-                   "CUB-200-2011, Flowers. Replaces the list in params.")
+                   "CUB-200-2011, Flowers. Replaces the list in params, and params' `required` list with it: "
+                   "each benchmark named here must be found.")
 @click.option("--required", multiple=True,
               help="Benchmark that must be found (repeatable); a missing one fails the command instead of "
-                   "being skipped with a warning.")
+                   "being skipped with a warning. Replaces params' `required` list.")
 @click.option("--convention", "conventions", multiple=True, type=click.Choice(sorted(CONVENTIONS)),
               help="Metric convention (repeatable): paper (the E-BigBiGAN code's, default) or toolbox "
                    "(PySODMetrics'). Every report names the one it used.")
@@ -198,7 +220,9 @@ def main(params_path: str, quiet: bool, **options: Any) -> None:
 
     Writes OUTPUT/metrics.json (DVC metrics: benchmark -> convention -> predictor -> metric),
     OUTPUT/plots/{pr,f_threshold}/*.csv (DVC plots), OUTPUT/report.json (conventions, model,
-    unmatched files, skipped benchmarks) and OUTPUT/grids/<benchmark>.png.
+    unmatched files, skipped benchmarks, warnings, the files written) and OUTPUT/grids/<benchmark>.png.
+    The curves and grids the previous run wrote are replaced; other files there are left alone.
+    When no benchmark is found, nothing is written and the command fails.
     """
     settings = _settings(params_path, options)
     try:
@@ -246,19 +270,19 @@ def main(params_path: str, quiet: bool, **options: Any) -> None:
             skipped.append({"name": layout.name, "folder": str(folder), "reason": str(error)})
             continue
         for warning in caught:
-            click.echo(f"warning: {warning.message}", err=True)
-            notes.append(str(warning.message))
+            _warn(str(warning.message), notes)
         try:
-            results.append(evaluate_benchmark(benchmark, predictors, conventions, int(settings["batch_size"]),
-                                              bool(settings["localisation"]), int(settings["examples"]),
-                                              settings["limit"], progress=not quiet, refinement=refinement,
-                                              processes=processes))
-        except UnreadableImageError as error:
+            result = evaluate_benchmark(benchmark, predictors, conventions, int(settings["batch_size"]),
+                                        bool(settings["localisation"]), int(settings["examples"]),
+                                        settings["limit"], progress=not quiet, refinement=refinement,
+                                        processes=processes)
+        except (UnreadableImageError, UnreadableMaskError) as error:
             raise click.ClickException(f"{layout.name}: {error}") from error
-    if not results:
-        click.echo("warning: no benchmark was found; the report is empty", err=True)
-    for stale in ("plots", "grids"):
-        shutil.rmtree(output / stale, ignore_errors=True)
+        for message in result.warnings():
+            _warn(message, notes)
+        results.append(result)
+    if not results:  # a mistyped root, most likely: the previous results stay as they are
+        raise click.ClickException(_nothing_evaluated(settings, skipped))
     report = {
         "conventions": {c.name: c.description for c in conventions},
         "headline_convention": conventions[0].name,

@@ -17,6 +17,7 @@ convention binarises them (>= 128 for the paper's, > 128 for the toolboxes').  P
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -28,12 +29,13 @@ class UnreadableMaskError(OSError):
     """A mask file that cannot be decoded."""
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """A mask file as H x W uint8 (rules in the module docstring)."""
+def load_mask(path: str | Path, convert: Callable[[Image.Image], np.ndarray] | None = None) -> np.ndarray:
+    """A mask file as H x W uint8: by the rules in the module docstring, or by `convert` (a
+    benchmark's own rule); a file that cannot be decoded raises `UnreadableMaskError`."""
     try:
         with Image.open(path) as image:
             image.load()
-            return mask_from_image(image)
+            return (convert or mask_from_image)(image)
     except UnreadableMaskError:
         raise
     except FileNotFoundError as error:

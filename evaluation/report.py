@@ -14,15 +14,18 @@ Under the output folder (`data/eval/` in the pipeline):
 - `grids/<benchmark>.png`: a few images, each as image | ground truth | one column per predictor.
 
 Every file is written under a temporary name and renamed, so none is ever half-written.
+`report.json`'s `files` lists the curves and grids written; the next run removes those (and
+only those: other files under `plots/` and `grids/` are a user's) before writing its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 import numpy as np
@@ -131,15 +134,61 @@ def write_grid(result: BenchmarkResult, path: Path) -> Path | None:
     return path
 
 
+CURVE_FOLDERS = ("pr", "f_threshold")
+
+
+def _output_names(benchmark: str, metrics: dict) -> list[str]:
+    """The curves and grid a run writes for one benchmark of {convention: {row: values}} `metrics`."""
+    stems = [f"{benchmark}.{convention}.{row}.csv" for convention, rows in metrics.items() for row in rows]
+    return [f"plots/{plot}/{stem}" for plot in CURVE_FOLDERS for stem in stems] + [f"grids/{benchmark}.png"]
+
+
+def _is_output_name(relative: str) -> bool:
+    """Whether `relative` (to the output folder) is named as a curve or grid is: a report edited by
+    hand never makes a file elsewhere, or of another kind, pass for a previous run's."""
+    path = PurePosixPath(relative)
+    if path.is_absolute() or ".." in path.parts:
+        return False
+    if path.suffix == ".csv":
+        return len(path.parts) == 3 and path.parts[0] == "plots" and path.parts[1] in CURVE_FOLDERS
+    return path.suffix == ".png" and len(path.parts) == 2 and path.parts[0] == "grids"
+
+
+def previous_files(output: Path) -> list[str]:
+    """The curves and grids the previous run wrote, relative to `output`: as its report.json lists
+    them, or, in a report written before the list was kept, as they follow from its metrics."""
+    try:
+        report = json.loads((output / "report.json").read_text())
+        if "files" in report:
+            return [name for name in report["files"] if isinstance(name, str)]
+        return [name for benchmark, entry in report.get("benchmarks", {}).items()
+                for name in _output_names(benchmark, entry.get("metrics", {}))]
+    except (OSError, ValueError, TypeError, AttributeError):   # no report, or not one this module wrote
+        return []
+
+
+def remove_previous_outputs(output: Path) -> None:
+    """Remove the previous run's curves and grids, so none is left from a benchmark or row no
+    longer evaluated; a user's own files there stay, and so do the folders that hold them."""
+    for name in previous_files(output):
+        if _is_output_name(name):
+            (output / name).unlink(missing_ok=True)
+    for folder in (*(f"plots/{plot}" for plot in CURVE_FOLDERS), "plots", "grids"):
+        with contextlib.suppress(OSError):     # not empty, or not there
+            (output / folder).rmdir()
+
+
 def write_outputs(output: Path, results: list[BenchmarkResult], report: dict) -> dict[str, Any]:
-    """Everything under `output`; returns the paths written."""
+    """Everything under `output`, in place of the previous run's; returns the paths written."""
     output = Path(output)
+    remove_previous_outputs(output)
     write_json(output / "metrics.json", metrics_content(results))
     curves = write_curves(results, output / "plots")
     grids = [path for result in results if (path := write_grid(result, output / "grids" / f"{result.name}.png"))]
     full = {"format_version": FORMAT_VERSION, **report,
             "benchmarks": {result.name: {**result.summary, "evaluated": result.count,
                                          "seconds": round(result.seconds, 2), "metrics": result.metrics}
-                           for result in results}}
+                           for result in results},
+            "files": [path.relative_to(output).as_posix() for path in [*curves, *grids]]}
     write_json(output / "report.json", full)
     return {"metrics": output / "metrics.json", "report": output / "report.json", "curves": curves, "grids": grids}
