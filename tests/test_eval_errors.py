@@ -17,17 +17,6 @@ from evaluation.masks import UnreadableMaskError
 from tests.test_eval_command import project, run, write_pairs  # noqa: F401  (fixture)
 
 
-def test_an_unreadable_mask_stops_the_command_with_its_name(project):  # noqa: F811
-    (project["root"] / "ECSSD" / "ground_truth_mask" / "0003.png").write_bytes(b"junk\n")
-    messages = []
-    for processes in ("1", "2"):
-        result = run("--params", str(project["params"]), "--processes", processes)
-        assert result.exit_code == 1 and "Traceback" not in result.output
-        messages.append(result.output.strip().splitlines()[-1])
-    assert messages[0] == messages[1]
-    assert messages[0].startswith("Error: ECSSD: ") and "0003.png" in messages[0]
-
-
 def test_an_unreadable_flowers_mask_is_an_unreadable_mask(tmp_path):
     junk = tmp_path / "segmim_00001.jpg"
     junk.write_bytes(b"junk\n")

@@ -78,14 +78,16 @@ def test_processes_give_one_process_numbers_and_the_same_bytes_each_time(project
     assert report["settings"]["processes"] == 2 and report["benchmarks"]["ECSSD"]["evaluated"] == 3
 
 
-def test_a_worker_error_stops_the_command_with_its_message(project):  # noqa: F811
-    (project["root"] / "ECSSD" / "images" / "0002.jpg").write_bytes(b"not a jpeg")
+@pytest.mark.parametrize("broken", ["images/0002.jpg", "ground_truth_mask/0003.png"])
+def test_a_worker_error_stops_the_command_with_its_message(project, broken):  # noqa: F811
+    (project["root"] / "ECSSD" / broken).write_bytes(b"junk\n")
     messages = []
     for processes in ("1", "2"):
         result = run("--params", str(project["params"]), "--processes", processes)
         assert result.exit_code == 1 and "Traceback" not in result.output
         messages.append(result.output.strip().splitlines()[-1])
-    assert messages[0] == messages[1] and "0002.jpg" in messages[0]
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("Error: ECSSD: ") and broken.rsplit("/")[-1] in messages[0]
 
 
 

@@ -4,7 +4,6 @@ sample or shard skipped with a warning), never a traceback."""
 
 import io
 import json
-import shutil
 import struct
 import tarfile
 import zlib
@@ -18,18 +17,7 @@ from PIL import Image
 from generator.synth.preview import main as preview
 from generator.synth.verify import main as verify
 from generator.synth.writer import ShardWriter
-from tests.test_synth_verify import RESOLUTION, make_shard_set
-
-
-@pytest.fixture(scope="module")
-def shard_set(tmp_path_factory) -> Path:
-    return make_shard_set(tmp_path_factory.mktemp("synth"))
-
-
-@pytest.fixture
-def copy(shard_set, tmp_path) -> Path:
-    """A copy of the set to damage."""
-    return Path(shutil.copytree(shard_set, tmp_path / "shards"))
+from tests.test_synth_verify import RESOLUTION, copy, shard_set  # noqa: F401 (fixtures)
 
 
 def edit_manifest(folder: Path, edit) -> None:
