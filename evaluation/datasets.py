@@ -39,8 +39,9 @@ import numpy as np
 from PIL import Image
 
 from evaluation.masks import load_mask
+from generator.image_io import PHOTO_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = PHOTO_SUFFIXES
 MASK_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif")
 
 

@@ -8,7 +8,9 @@ headers first, so grouping costs no decoding.  Images are decoded in a backgroun
 the previous batch is predicted.
 
 The evaluator (`predict_benchmark`) and `segment-images` both go through `plan_shape_batches`,
-`prefetched` and `predict_images`, so a photo is segmented exactly as a benchmark image is.
+`prefetched` and `predict_images`, so a photo is segmented exactly as a benchmark image is.  Both
+read shapes with `protocol_size`, which refuses an image so elongated that its resized input would
+exhaust memory (`MAX_SIDE_RATIO`): segment-images skips and lists it, evaluation stops naming it.
 """
 
 from __future__ import annotations
@@ -24,13 +26,28 @@ from PIL import Image
 
 from evaluation.datasets import Benchmark, Pair
 from evaluation.predictors import Predictor
-from generator.image_io import UnreadableImageError, load_rgb, resize_shorter_side, to_unit_range
+from generator.image_io import UnreadableImageError, load_rgb, resize_shorter_side, shorter_side_size, to_unit_range
+
+#: The longest side a resized input may have, in multiples of the model's input size (so at most
+#: 32 squares' worth of pixels).  The U-Net's memory grows with the input's area: a 1500 x 1 image,
+#: resized to 96,000 x 64, took 3.1 GB and 16 s with the demo model.  Ordinary photos and most
+#: panoramas stay well under 32:1, and 32 x 64 by 64 pixels is about one 360 x 360 input.
+MAX_SIDE_RATIO = 32
+
+
+class ElongatedImageError(ValueError):
+    """An image whose resized input would be longer than MAX_SIDE_RATIO times the input size."""
 
 
 def input_shape(height: int, width: int, side: int) -> tuple[int, int]:
-    """The size `resize_shorter_side` gives an image of height x width (shorter side = side)."""
-    scale = side / min(height, width)
-    return max(side, round(height * scale)), max(side, round(width * scale))
+    """The size `resize_shorter_side` gives an image of height x width (shorter side = side);
+    ElongatedImageError when its longer side would exceed MAX_SIDE_RATIO x side."""
+    shape = shorter_side_size(height, width, side)
+    if max(shape) > MAX_SIDE_RATIO * side:
+        raise ElongatedImageError(
+            f"too elongated: {height} x {width} would be resized to {shape[0]} x {shape[1]}, longer than "
+            f"{MAX_SIDE_RATIO} times the model's input size {side} (the limit that keeps memory bounded)")
+    return shape
 
 
 def protocol_input(rgb: np.ndarray, side: int) -> torch.Tensor:
@@ -48,6 +65,17 @@ def image_size(path) -> tuple[int, int]:
     return height, width
 
 
+def protocol_size(path, side: int) -> tuple[int, int]:
+    """(height, width) from the file header, for an image the protocol can take at input size
+    `side`; UnreadableImageError naming the file for one it cannot (unreadable, or too elongated)."""
+    height, width = image_size(path)
+    try:
+        input_shape(height, width, side)
+    except ElongatedImageError as error:
+        raise UnreadableImageError(path, str(error)) from error
+    return height, width
+
+
 def plan_shape_batches(shapes: Sequence[tuple[int, int]], side: int, batch_size: int) -> list[list[int]]:
     """Indices of images of (height, width) `shapes` grouped by resized input shape, at most
     batch_size each, in a fixed order (first appearance of each shape)."""
@@ -61,8 +89,9 @@ def plan_shape_batches(shapes: Sequence[tuple[int, int]], side: int, batch_size:
 
 
 def plan_batches(pairs: Sequence[Pair], side: int, batch_size: int) -> list[list[int]]:
-    """Indices of `pairs` grouped by resized input shape, at most batch_size each, in a fixed order."""
-    return plan_shape_batches([image_size(pair.image) for pair in pairs], side, batch_size)
+    """Indices of `pairs` grouped by resized input shape, at most batch_size each, in a fixed order.
+    An image the protocol cannot take raises UnreadableImageError: a benchmark is scored whole or not at all."""
+    return plan_shape_batches([protocol_size(pair.image, side) for pair in pairs], side, batch_size)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from generator.image_io import PHOTO_SUFFIXES
 
 
 class NoPhotosError(ValueError):
@@ -34,8 +34,8 @@ class Photo:
 
 
 def is_photo(path: str | Path) -> bool:
-    """A regular file whose extension (any case) is one of PHOTO_EXTENSIONS."""
-    return Path(path).suffix.lower() in PHOTO_EXTENSIONS and os.path.isfile(path)
+    """A regular file whose suffix (any case) is one of generator.image_io.PHOTO_SUFFIXES."""
+    return Path(path).suffix.lower() in PHOTO_SUFFIXES and os.path.isfile(path)
 
 
 def _glob_base(pattern: str) -> str:
@@ -76,7 +76,7 @@ def find_photos(source: str | Path) -> list[Photo]:
         relative = os.path.relpath(os.path.abspath(candidate), os.path.abspath(base))
         photos.append(Photo(Path(candidate), Path(relative)))
     if not photos:
-        raise NoPhotosError(f"no photos found in {source} (looked for {', '.join(PHOTO_EXTENSIONS)}, "
+        raise NoPhotosError(f"no photos found in {source} (looked for {', '.join(PHOTO_SUFFIXES)}, "
                             f"any case{', recursively' if os.path.isdir(source) else ''})")
     return sorted(photos, key=lambda photo: photo.relative.as_posix())
 

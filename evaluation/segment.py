@@ -4,13 +4,26 @@ Photos go through the evaluator's inference protocol (evaluation/inference.py: s
 the model's input size, [-1, 1], the probability map resized back to the photo's size), batched
 by resized shape while the next batch decodes.  Outputs mirror the input's relative paths
 (evaluation/photos.py) and are written atomically, so an interrupted run leaves only whole files
-and a rerun skips them.  A photo that cannot be read is skipped, named and counted.
+and a rerun skips them.  A photo that cannot be read, or too elongated for the protocol, is
+skipped, named and counted.
+
+The output folder keeps a run record (generator/runs.py), `.segment-images.json`: what shapes the
+outputs' bytes (the model's weights digest and architecture, --threshold, --refine, --overlay),
+written before any output.  A rerun with other settings is refused naming them, since skipping
+finished outputs would otherwise mix two kinds of mask silently; --overwrite redoes every photo,
+first deleting its outputs made with other settings.  A run holds the folder's lock, so the temporary files it finds
+(`.NAME.XXXXXXXX.tmp`, generator/files.py) are certainly an interrupted run's, and removes them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
+import re
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,14 +35,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from evaluation import refinement
-from evaluation.inference import image_size, plan_shape_batches, predict_images, prefetched
+from evaluation.inference import plan_shape_batches, predict_images, prefetched, protocol_size
 from evaluation.parallel import run_parts
 from trainer.model_folders import DEFAULT_MODEL_FOLDERS, default_model_folder
 from evaluation.photos import NoPhotosError, Photo, UnsafeOutputError, find_photos, output_path
 from evaluation.predictors import UNetPredictor
-from generator.files import atomic_write_bytes
-from generator.image_io import UnreadableImageError, load_rgb
-from generator.runs import resolve_device
+from generator.files import TEMPORARY_SUFFIX, atomic_write_bytes, atomic_write_json
+from generator.image_io import PHOTO_SUFFIXES, UnreadableImageError, load_rgb
+from generator.runs import FolderLocked, OutputLock, RecordMismatch, may_resume, record_differences, resolve_device
 
 MASK_SUFFIX = ".png"
 OVERLAY_SUFFIX = ".overlay.png"
@@ -37,6 +50,10 @@ OVERLAY_COLOUR = np.array([255.0, 0.0, 0.0], np.float32)
 OVERLAY_OPACITY = 0.5
 #: Exit status when the run finished but skipped photos it could not read or write.
 EXIT_SKIPPED = 3
+#: The output folder's run record: the settings its outputs were made with.
+SETTINGS_NAME = ".segment-images.json"
+#: generator/files.py's temporary names, `.NAME.XXXXXXXX.tmp` (tempfile's 8 random characters).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX) + "$")
 
 #: A refinement step: (H x W x 3 uint8 photo, H x W float32 probabilities) -> refined probabilities
 #: of the same shape, e.g. an edge-aware filter guided by the photo.
@@ -85,12 +102,10 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def plan_jobs(photos: Sequence[Photo], output: Path, overlay: bool,
-              overwrite: bool) -> tuple[list[Job], int, list[Skipped]]:
-    """(jobs to run, photos already done, photos refused): a photo whose outputs all exist is done
-    unless `overwrite`; one whose output would leave OUTPUT, or that another photo's outputs
-    would overwrite (a.jpg and a.png in one folder), is refused."""
-    jobs, refused, done = [], [], 0
+def plan_jobs(photos: Sequence[Photo], output: Path, overlay: bool) -> tuple[list[Job], list[Skipped]]:
+    """(every photo's job, photos refused): a photo whose output would leave OUTPUT, or that
+    another photo's outputs would overwrite (a.jpg and a.png in one folder), is refused."""
+    jobs, refused = [], []
     claimed: dict[Path, Path] = {}
     for photo in photos:
         try:
@@ -104,11 +119,90 @@ def plan_jobs(photos: Sequence[Photo], output: Path, overlay: bool,
             refused.append(Skipped(photo.path, f"its output would overwrite the one of {clash}"))
             continue
         claimed.update({path: photo.path for path in job.outputs})
-        if not overwrite and all(path.is_file() for path in job.outputs):
-            done += 1
-        else:
-            jobs.append(job)
-    return jobs, done, refused
+        jobs.append(job)
+    return jobs, refused
+
+
+def unfinished(jobs: Sequence[Job], overwrite: bool) -> tuple[list[Job], int]:
+    """(jobs to run, photos already done): a photo whose outputs all exist is done unless `overwrite`."""
+    todo = [job for job in jobs if overwrite or not all(path.is_file() for path in job.outputs)]
+    return todo, len(jobs) - len(todo)
+
+
+def weights_digest(folder: str | Path) -> str:
+    """sha256 of the model folder's weights file (the same weights always give the same bytes)."""
+    from trainer.export import WEIGHTS_NAME
+    with open(Path(folder) / WEIGHTS_NAME, "rb") as weights:
+        return hashlib.file_digest(weights, "sha256").hexdigest()
+
+
+def settings_record(predictor: UNetPredictor, threshold: float | None, refine: bool, overlay: bool) -> dict:
+    """What shapes the outputs' bytes.  The device, batch size, threads and processes are left out:
+    they change how a map is computed, not what (at most the last float bits)."""
+    model = {"weights_sha256": weights_digest(predictor.folder), "input_size": predictor.input_size,
+             **predictor.model.architecture}
+    return {"model": model, "threshold": threshold, "refine": refine, "overlay": overlay}
+
+
+def read_settings(output: Path) -> dict | None:
+    """The folder's saved run record; None when there is none, {} when it cannot be read."""
+    try:
+        saved = json.loads((output / SETTINGS_NAME).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+OVERWRITE_HINT = "Pass --overwrite to redo every photo with these settings, or choose another output folder."
+
+
+def adopt_settings(output: Path, record: dict, jobs: Sequence[Job], overwrite: bool) -> None:
+    """Make `record` the folder's run record before any output is written.
+
+    Outputs made with other settings are never reused: without `overwrite` a saved record that
+    differs raises RecordMismatch naming the settings (outputs without a record count as made
+    with other settings); with it, this run's existing outputs are deleted first, so that an
+    interrupted --overwrite cannot leave old ones to pass as done under the new record."""
+    saved = read_settings(output)
+    existing = [path for job in jobs for path in job.outputs if path.is_file()]
+    if saved is None and not existing:
+        atomic_write_json(output / SETTINGS_NAME, record)
+        return
+    if saved is not None and not record_differences(saved, record):
+        return
+    if not overwrite:
+        if saved is None:
+            raise RecordMismatch(f"the output folder {output}", [f"no {SETTINGS_NAME} records them"], OVERWRITE_HINT)
+        may_resume(saved, record, what=f"the output folder {output}", hint=OVERWRITE_HINT)
+    for path in existing:
+        path.unlink()
+    atomic_write_json(output / SETTINGS_NAME, record)
+
+
+def remove_leftovers(output: Path, photos: Sequence[Photo]) -> int:
+    """Delete the temporary files of interrupted writes of this folder's record and of the photos'
+    masks and overlays (their names only); call with the folder's lock held.  Returns how many."""
+    ours: dict[Path, set[str]] = defaultdict(set)
+    ours[output].add(SETTINGS_NAME)
+    for photo in photos:
+        for suffix in (MASK_SUFFIX, OVERLAY_SUFFIX):
+            try:
+                path = output_path(output, photo.relative, suffix)
+            except UnsafeOutputError:
+                continue
+            ours[path.parent].add(path.name)
+    removed = 0
+    for folder, names in ours.items():
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            match = _TEMPORARY.match(entry.name)
+            if match and match["name"] in names and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def _load(jobs: list[Job]) -> list[np.ndarray | UnreadableImageError]:
@@ -133,7 +227,7 @@ def segment_photos(jobs: Sequence[Job], predictor: UNetPredictor, batch_size: in
     readable, shapes = [], []
     for job in jobs:
         try:
-            shapes.append(image_size(job.photo.path))
+            shapes.append(protocol_size(job.photo.path, predictor.input_size))
             readable.append(job)
         except UnreadableImageError as error:
             skipped.append(Skipped(job.photo.path, error.reason))
@@ -225,6 +319,57 @@ def _photos(count: int) -> str:
     return f"{count} photo" if count == 1 else f"{count} photos"
 
 
+def checked_output_folder(output: str) -> Path:
+    """OUTPUT as a folder path; refused when it is a file, or named like one (mask.png)."""
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise click.ClickException(f"output {folder} exists and is not a folder")
+    if folder.suffix.lower() in PHOTO_SUFFIXES and not folder.is_dir():
+        raise click.ClickException(
+            f"output {folder} looks like a file name, but OUTPUT is the folder the masks go in, even for one "
+            f"photo: `segment-images photo.jpg masks/` writes masks/photo.png")
+    return folder
+
+
+def photos_outside(source: str, output_folder: Path) -> list[Photo]:
+    """SOURCE's photos, less those inside OUTPUT (OUTPUT within SOURCE): earlier outputs are never segmented."""
+    try:
+        photos = find_photos(source)
+    except NoPhotosError as error:
+        raise click.ClickException(str(error)) from error
+    inside = {photo for photo in photos if photo.path.resolve().is_relative_to(output_folder.resolve())}
+    if inside:
+        click.echo(f"segment-images: ignoring {len(inside)} files inside the output folder {output_folder}", err=True)
+        photos = [photo for photo in photos if photo not in inside]
+        if not photos:
+            raise click.ClickException(f"no photos found in {source} outside the output folder {output_folder}")
+    return photos
+
+
+def _segment_folder(photos: list[Photo], output_folder: Path, predictor: UNetPredictor, record: dict,
+                    overwrite: bool, batch_size: int, quiet: bool, processes: int) -> list[Skipped]:
+    """The run itself, with the folder's lock held: clean up, check the settings, segment; the skipped photos."""
+    remove_leftovers(output_folder, photos)
+    jobs, skipped = plan_jobs(photos, output_folder, record["overlay"])
+    adopt_settings(output_folder, record, jobs, overwrite)
+    jobs, done = unfinished(jobs, overwrite)
+    threshold, refine = record["threshold"], record["refine"]
+    click.echo(f"segment-images: {_photos(len(photos))}, {done} already done, {len(jobs)} to segment "
+               f"-> {output_folder} ({'binary masks at > ' + str(threshold) if threshold is not None else 'probability maps'}"
+               f"{', refined' if refine else ''}{', overlays' if record['overlay'] else ''}"
+               f"{f', {processes} processes' if processes > 1 else ''})", err=True)
+    start = time.perf_counter()
+    written, failed = segment_photos(jobs, predictor, batch_size, threshold,
+                                     refine=refinement.refine if refine else None, progress=not quiet,
+                                     processes=processes)
+    elapsed = time.perf_counter() - start
+    skipped += failed
+    click.echo(f"segment-images: wrote {_photos(written)} in {elapsed:.1f} s"
+               + (f" ({written / elapsed:.1f} photos/s)" if written and elapsed > 0 else "")
+               + f", {done} already done, {len(skipped)} skipped", err=True)
+    return skipped
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source")
 @click.argument("output", type=click.Path(file_okay=False))
@@ -240,8 +385,10 @@ def _photos(count: int) -> str:
               help="Refine each map against its photo (fast bilateral solver, evaluation/refinement.py): edges "
                    "follow the photo's colour edges. About 25 ms per 300 x 400 photo.")
 @click.option("--overwrite", is_flag=True,
-              help="Redo photos whose outputs already exist (default: skip them; also needed after changing "
-                   "--threshold or --refine).")
+              help="Redo every photo, first deleting its existing outputs when they were made with other "
+                   "settings. Default: skip photos whose outputs exist, and refuse a folder whose outputs were "
+                   "made with another model or another --threshold, --refine or --overlay (the folder's "
+                   f"{SETTINGS_NAME} records them).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the model: auto (cuda when a GPU is present), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Photos predicted together (photos are grouped by resized shape).")
@@ -258,49 +405,34 @@ def main(source: str, output: str, model: str | None, threshold: float | None, o
     """Segment the photos in SOURCE with a trained model; write one 8-bit PNG per photo under OUTPUT.
 
     SOURCE is a folder (searched recursively), a glob pattern in quotes ('photos/**/*.jpg') or one
-    photo; .jpg, .jpeg, .png, .bmp and .webp files count, in any case. Each output keeps the
-    photo's relative path and stem, and the photo's own size (its stored pixels: EXIF orientation
-    is not applied, as in evaluation). Photos are resized so the shorter side is the model's
-    input size, predicted, and the map is resized back, exactly as evaluate-saliency does.
+    photo; .jpg, .jpeg, .png, .bmp, .tif, .tiff and .webp files count, in any case. OUTPUT is always
+    a folder, even for one photo (`segment-images photo.jpg masks/` writes masks/photo.png); a name
+    ending like an image (mask.png) is refused. Each output keeps the photo's relative path and
+    stem, and the photo's own size (its stored pixels: EXIF orientation is not applied, as in
+    evaluation). Photos are resized so the shorter side is the model's input size, predicted, and
+    the map is resized back, exactly as evaluate-saliency does.
 
-    Photos whose outputs exist are skipped, so an interrupted run resumes (--overwrite redoes
-    them); files are written whole or not at all. Exit status: 0 when every photo was done,
-    1 on an error (no photos, no model), 3 when photos were skipped (unreadable, or an output
-    that would fall outside OUTPUT or clash with another's); they are listed at the end.
+    Photos whose outputs exist are skipped, so an interrupted run resumes; files are written whole
+    or not at all. OUTPUT/.segment-images.json records the model and the settings that change the
+    outputs (--threshold, --refine, --overlay); a rerun with others is refused, naming them
+    (--overwrite redoes every photo). Exit status: 0 when every photo was done, 1 on an error (no
+    photos, no model, other settings), 3 when photos were skipped (unreadable, too elongated for
+    the model's input, or an output that would fall outside OUTPUT or clash with another's); they
+    are listed at the end.
     """
-    output_folder = Path(output)
-    if output_folder.exists() and not output_folder.is_dir():
-        raise click.ClickException(f"output {output_folder} exists and is not a folder")
-    try:
-        photos = find_photos(source)
-    except NoPhotosError as error:
-        raise click.ClickException(str(error)) from error
-    # Never segment earlier outputs: photos inside OUTPUT (OUTPUT within SOURCE) are left out.
-    inside = {photo for photo in photos if photo.path.resolve().is_relative_to(output_folder.resolve())}
-    if inside:
-        click.echo(f"segment-images: ignoring {len(inside)} files inside the output folder {output_folder}", err=True)
-        photos = [photo for photo in photos if photo not in inside]
-        if not photos:
-            raise click.ClickException(f"no photos found in {source} outside the output folder {output_folder}")
+    output_folder = checked_output_folder(output)
+    photos = photos_outside(source, output_folder)
     predictor = load_predictor(resolve_model_folder(model), device)
     if processes > 1 and predictor.device.type != "cpu":
         raise click.ClickException(f"--processes {processes} runs on the CPU only; the device is {device}")
     torch.set_num_threads(threads)
-
-    jobs, done, skipped = plan_jobs(photos, output_folder, overlay, overwrite)
-    click.echo(f"segment-images: {_photos(len(photos))}, {done} already done, {len(jobs)} to segment "
-               f"-> {output_folder} ({'binary masks at > ' + str(threshold) if threshold is not None else 'probability maps'}"
-               f"{', refined' if refine else ''}{', overlays' if overlay else ''}"
-               f"{f', {processes} processes' if processes > 1 else ''})", err=True)
-    start = time.perf_counter()
-    written, failed = segment_photos(jobs, predictor, batch_size, threshold,
-                                     refine=refinement.refine if refine else None, progress=not quiet,
-                                     processes=processes)
-    elapsed = time.perf_counter() - start
-    skipped += failed
-    click.echo(f"segment-images: wrote {_photos(written)} in {elapsed:.1f} s"
-               + (f" ({written / elapsed:.1f} photos/s)" if written and elapsed > 0 else "")
-               + f", {done} already done, {len(skipped)} skipped", err=True)
+    record = settings_record(predictor, threshold, refine, overlay)
+    try:
+        with OutputLock(output_folder):
+            skipped = _segment_folder(photos, output_folder, predictor, record, overwrite, batch_size,
+                                      quiet, processes)
+    except (FolderLocked, RecordMismatch) as error:
+        raise click.ClickException(str(error)) from error
     if skipped:
         for item in skipped:
             click.echo(f"skipped: {item.path}: {item.reason}", err=True)

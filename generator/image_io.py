@@ -18,6 +18,8 @@ only when asked (`exif_orientation=True`): benchmark masks are aligned with the 
 
 `fit_square` is the rule every encoder input and square crop follows: resize so the shorter side
 is S (bilinear, antialiased when shrinking), then crop the centre S x S.
+
+`PHOTO_SUFFIXES` is the one list of photo file suffixes the photo-reading commands accept.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from PIL import Image, ImageOps
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 ALPHA_MODES = {"LA", "RGBA", "PA", "La", "RGBa"}
 WHITE = (255, 255, 255)
+
+#: Photo files the commands take from a user's folder (any letter case): the common photo formats
+#: `load_rgb` decodes, the benchmarks' image suffixes (evaluation/datasets.py) included.
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class UnreadableImageError(OSError):
@@ -96,14 +102,19 @@ def to_unit_range(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 127.5 - 1.0
 
 
+def shorter_side_size(height: int, width: int, side: int) -> tuple[int, int]:
+    """The (height, width) `resize_shorter_side` gives: min == side, the aspect ratio kept (rounded)."""
+    scale = side / min(height, width)
+    return max(side, round(height * scale)), max(side, round(width * scale))
+
+
 def resize_shorter_side(images: torch.Tensor, side: int) -> torch.Tensor:
     """Resize N x C x H x W so min(H, W) == side, keeping the aspect ratio (rounded)."""
     height, width = images.shape[-2:]
-    scale = side / min(height, width)
-    size = (max(side, round(height * scale)), max(side, round(width * scale)))
+    size = shorter_side_size(height, width, side)
     if size == (height, width):
         return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=side < min(height, width))
 
 
 def centre_crop(images: torch.Tensor, side: int) -> torch.Tensor:

@@ -170,7 +170,7 @@ def test_generator_without_an_encoder(photos, tmp_path):
 
 @pytest.mark.parametrize("setup, message", [
     ("missing", "is not a folder"),
-    ("empty", "no image files (.bmp, .jpeg, .jpg, .png) under"),
+    ("empty", "no image files (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp) under"),
     ("all_broken", "none of the 1 image files under"),
 ])
 def test_bad_image_folders(tmp_path, setup, message):

@@ -80,7 +80,7 @@ def test_one_png_per_photo_mirrors_paths_stems_and_sizes(photos, model, tmp_path
     result = run(photos, output, "--model", model)
     assert "5 to segment" in result.output
     written = sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
-    assert written == sorted(Path(r).with_suffix(".png").as_posix() for r in PHOTOS)
+    assert written == sorted([segment.SETTINGS_NAME] + [Path(r).with_suffix(".png").as_posix() for r in PHOTOS])
     for relative, (height, width) in PHOTOS.items():
         assert mask_of(output, relative).shape == (height, width)
 
@@ -152,10 +152,11 @@ def test_an_interrupted_run_leaves_whole_files_only_and_resumes(photos, model, t
     output = tmp_path / "masks"
     real_replace, calls = os.replace, []
 
-    def crash_on_third(source, target):        # the third output dies between its write and its rename
-        calls.append(target)
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
+    def crash_on_third(source, target):        # the third mask dies between its write and its rename
+        if str(target).endswith(".png"):
+            calls.append(target)
+            if len(calls) == 3:
+                raise RuntimeError("simulated crash")
         return real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", crash_on_third)
@@ -163,7 +164,7 @@ def test_an_interrupted_run_leaves_whole_files_only_and_resumes(photos, model, t
                                                "--batch-size", "1"])
     monkeypatch.setattr(os, "replace", real_replace)
     assert isinstance(result.exception, RuntimeError)
-    files = [p for p in output.rglob("*") if p.is_file()]
+    files = [p for p in output.rglob("*") if p.is_file() and p.name != segment.SETTINGS_NAME]
     assert len(files) == 2                                      # no temporary file, no partial PNG
     for path in files:
         Image.open(path).load()

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generator.image_io import UnreadableImageError, load_square
+from generator.image_io import PHOTO_SUFFIXES, UnreadableImageError, load_square
 from generator.interface import Generator
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+IMAGE_SUFFIXES = frozenset(PHOTO_SUFFIXES)
 
 
 @dataclass

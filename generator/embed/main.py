@@ -83,7 +83,8 @@ def embed_folder(generator: Generator, settings: EmbedSettings, progress: bool) 
 @click.option("--params", "params_path", type=click.Path(dir_okay=False), default="params.yaml", show_default=True,
               help="Parameters file: its `embed` section and the `generator` spec.")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
-              help="Folder of photos to encode, searched recursively for jpg, jpeg, png and bmp files "
+              help="Folder of photos to encode, searched recursively for jpg, jpeg, png, bmp, tif, tiff and "
+                   "webp files "
                    "[default: embed.images; when that is null, the generator's bundled bank is copied].")
 @click.option("--bundled", is_flag=True,
               help="Copy the generator's bundled bank even when embed.images names a folder.")

@@ -22,7 +22,7 @@ from trainer.selftrain.config import LOSSES, ConfigError, SelfTrainConfig  # noq
 @click.option("--enabled/--disabled", default=None,
               help="--disabled only records that self-training is off (no model is written).")
 @click.option("--photos", type=click.Path(file_okay=False),
-              help="Folder of unlabeled photos (recursive: jpg, jpeg, png, bmp). Never a benchmark's.")
+              help="Folder of unlabeled photos (recursive: jpg, jpeg, png, bmp, tif, tiff, webp). Never a benchmark's.")
 @click.option("--max-photos", type=click.IntRange(min=1), help="Use a seeded random subset of this many photos.")
 @click.option("--model", type=click.Path(file_okay=False),
               help="The synthetic-trained model folder (unet.pt + unet.json): first labels and starting weights.")

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from evaluation.inference import protocol_input
-from generator.embed.images import find_images
+from generator.embed.images import IMAGE_SUFFIXES, find_images
 from generator.files import atomic_write_json
 from generator.image_io import UnreadableImageError, centre_crop, load_rgb
 from trainer.selftrain.labels import load_array, save_array
@@ -53,7 +53,7 @@ def choose_photos(folder: str | Path, max_photos: int | None, seed: int) -> list
         raise PhotoFolderError(f"photo folder {folder} not found")
     paths = find_images(folder)
     if not paths:
-        raise PhotoFolderError(f"no photo (.jpg, .jpeg, .png, .bmp) under {folder}")
+        raise PhotoFolderError(f"no photo ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     if max_photos is not None and max_photos < len(paths):
         chosen = np.random.default_rng(seed).choice(len(paths), size=max_photos, replace=False)
         paths = [paths[i] for i in sorted(chosen)]
