@@ -154,7 +154,7 @@ def test_both_methods_pool_their_candidates_and_the_choice_names_its_method(tmp_
     ({"override": {"index": 9, "sign": 1}}, [], "override.index 9 is out of range"),
     ({"method": "both", "override": {"index": 4, "sign": 1}}, [], "there are 4 candidate directions"),
     ({"override": {"index": 1, "sign": 0}}, [], "override.sign must be 1 or -1"),
-    ({"magnitude": -1}, [], "discover.magnitude must be a positive number"),
+    ({"magnitude": -1}, [], "discover.magnitude must be a positive, finite number"),
     ({"latent_discovery": {"directions": 20}}, [], "do not fit in a latent space of size 16"),
     ({"scoring": {"foreground_min": 0.6}}, [], "foreground_min < foreground_max"),
     ({"device": "nonsense"}, [], "discover.device"),
@@ -221,10 +221,26 @@ def test_no_plausible_candidate_stops_with_what_rejected_them(tmp_path):
     assert json.loads((out / "scores.json").read_text())["chosen"]["total"] == 0
 
 
-def test_a_floor_above_the_best_score_stops_the_stage(tmp_path):
+def test_a_floor_above_the_best_score_stops_the_stage_and_leaves_no_earlier_direction(tmp_path):
+    out = tmp_path / "out"
+    assert invoke("--params", str(write_params(tmp_path)), "--out", str(out)).exit_code == 0
     result = CliRunner().invoke(main, ["--params", str(write_params(tmp_path, min_score=0.99)),
-                                       "--out", str(tmp_path / "out"), "--quiet"])
+                                       "--out", str(out), "--quiet"])
     assert result.exit_code != 0 and "not above discover.min_score 0.99" in " ".join(result.output.split())
+    # the earlier run's direction would pass for this run's choice beside its new scores
+    assert not (out / "direction.json").exists() and not (out / "metrics.json").exists()
+    assert json.loads((out / "scores.json").read_text())["chosen"]["total"] <= 0.99
+
+
+@pytest.mark.parametrize("option", ["--out", "--checkpoint-dir"])
+def test_a_folder_that_cannot_be_made_stops_the_stage_before_any_training(tmp_path, option):
+    (tmp_path / "a_file").write_text("not a folder")
+    other = {"--out": ["--checkpoint-dir", str(tmp_path / "checkpoints")],
+             "--checkpoint-dir": ["--out", str(tmp_path / "out")]}[option]
+    result = CliRunner().invoke(main, ["--params", str(write_params(tmp_path)), option,
+                                       str(tmp_path / "a_file" / "sub"), *other, "--quiet"])
+    assert result.exit_code == 1 and "cannot make the folder" in result.output and "Traceback" not in result.output
+    assert "steps" not in result.output and not (tmp_path / "checkpoints" / "latent-discovery.pt").exists()
 
 
 def test_an_override_below_the_floor_is_kept_with_a_warning(tmp_path):

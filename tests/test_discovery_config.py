@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import yaml
 
 from generator.discovery.config import ConfigError, DiscoverConfig, Override
 from generator.params import load_section
@@ -34,6 +35,8 @@ def test_with_changes_reaches_nested_fields_and_validates():
     assert config.latent_discovery.directions == 7 and config.seed == 4
     with pytest.raises(ConfigError, match="positive"):
         DiscoverConfig().with_changes(**{"single_direction.steps": 0})
+    with pytest.raises(ConfigError, match="magnitude must be a positive, finite number"):
+        DiscoverConfig().with_changes(magnitude=float("nan"))           # as --magnitude nan gives it
 
 
 @pytest.mark.parametrize("section, message", [
@@ -51,6 +54,15 @@ def test_with_changes_reaches_nested_fields_and_validates():
     ({"override": [1, 2]}, "discover.override must be a mapping"),
     ({"override": {"index": 1}}, "discover.override"),
     ("not a mapping", "discover must be a mapping"),
+    ({"magnitude": float("nan")}, "discover.magnitude must be a finite number"),
+    ({"magnitude": float("inf")}, "discover.magnitude must be a finite number"),
+    ({"refine": {"lr": float("nan")}}, "discover.refine.lr must be a finite number"),
+    ({"single_direction": {"radius_mean": yaml.safe_load(".nan")}}, "radius_mean must be a finite number"),
+    ({"refine": {"score_tolerance": float("nan")}}, "score_tolerance must be a finite number"),
+    ({"latent_discovery": {"steps": float("nan")}}, "steps must be a finite number"),
+    ({"override": {"index": 1, "sign": 1.0}}, "sign must be 1 or -1, got 1.0"),
+    ({"override": {"index": 1, "sign": True}}, "sign must be 1 or -1"),
+    ({"checkpoint_dir": 5}, "checkpoint_dir must be a folder path or null, got 5"),
 ])
 def test_bad_sections_are_clear_errors(section, message):
     with pytest.raises(ConfigError, match=message):

@@ -49,8 +49,9 @@ def main(params_path, output, method, steps, directions, seed, magnitude, index,
     makes, and save the best as h_bg (or the one named by an override).
 
     The chosen direction is then refined (discover.refine): polished so its shift lights the
-    object without moving it, and kept only when it stays close to the choice and scores at least
-    as well.  When no candidate scores above discover.min_score the command stops with an error
+    object without moving it, and kept only when it stays within refine.min_cosine of the choice
+    and its masks' quality drops by no more than refine.score_tolerance (scores.json records both
+    scores).  When no candidate scores above discover.min_score the command stops with an error
     (an override is kept, with a warning).
 
     Scores are written for every candidate so the choice can be audited; the contact sheet shows

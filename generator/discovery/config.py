@@ -21,6 +21,7 @@ silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,7 +166,7 @@ class Override:
     def __post_init__(self) -> None:
         if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
             raise ConfigError(f"discover.override.index must be a non-negative integer, got {self.index!r}")
-        if self.sign not in (1, -1) or isinstance(self.sign, bool):
+        if self.sign not in (1, -1) or type(self.sign) is not int:     # not True, not 1.0
             raise ConfigError(f"discover.override.sign must be 1 or -1, got {self.sign!r}")
 
 
@@ -191,6 +192,8 @@ class DiscoverConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ConfigError(f"discover.threads must be a positive integer or null, got {self.threads!r}")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
+            raise ConfigError(f"discover.checkpoint_dir must be a folder path or null, got {self.checkpoint_dir!r}")
         if not 0 <= self.min_score < 1:
             raise ConfigError(f"discover.min_score must lie in [0, 1) (scores do), got {self.min_score}")
 
@@ -266,6 +269,8 @@ def _build(kind: type, values: Any, where: str) -> Any:
         default = names[key].default
         if isinstance(default, bool) or value is None:
             typed[key] = value
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}.{key} must be a finite number, got {value!r}")
         elif isinstance(default, int) and isinstance(value, (int, float)) and not isinstance(value, bool):
             if float(value) != int(value):
                 raise ConfigError(f"{where}.{key} must be an integer, got {value!r}")
@@ -275,6 +280,8 @@ def _build(kind: type, values: Any, where: str) -> Any:
                 typed[key] = float(value)
             except ValueError as error:
                 raise ConfigError(f"{where}.{key} must be a number, got {value!r}") from error
+            if not math.isfinite(typed[key]):
+                raise ConfigError(f"{where}.{key} must be a finite number, got {value!r}")
         else:
             typed[key] = value
     try:
@@ -293,5 +300,5 @@ def _positive(config: Any, *names: str) -> None:
     where = _SECTION_NAMES.get(type(config).__name__, type(config).__name__)
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{where}.{name} must be a positive number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ConfigError(f"{where}.{name} must be a positive, finite number, got {value!r}")

@@ -73,16 +73,24 @@ def run_stage(generator: Generator, config: DiscoverConfig, output: str | Path, 
     When no candidate scores above `discover.min_score`, the scores and the contact sheet are
     still written, then `NoPlausibleDirection` is raised and no direction file is saved."""
     output = Path(output)
-    # refuse a bad override or a missing latent bank before the long part, not after it
+    # refuse a bad override, a missing latent bank or a folder that cannot be made before the long part
     check_override(config.override, candidate_count(config))
     scoring_latents(generator, config.scoring, config.seed)
+    for folder in (output, config.checkpoint_dir):
+        if folder is not None:
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ValueError(f"cannot make the folder {folder}: {error.strerror or error}") from error
+    # a run that stops early must not leave an earlier run's direction beside its own files
+    for stale in ("direction.json", "metrics.json"):
+        (output / stale).unlink(missing_ok=True)
     result = discover(generator, config, progress)
     candidates = result.candidates
     scores = score_candidates(generator, candidates, config.magnitude, config.scoring, config.seed, progress)
     choice = choose_direction(scores, candidates.shape[1], config.override)
     files = {name: output / name for name in
              ("direction.json", "scores.json", "contact_sheet.png", "candidates.npy", "metrics.json")}
-    output.mkdir(parents=True, exist_ok=True)
     sheet = make_contact_sheet(generator, candidates, scores, choice, config.magnitude, config.scoring, config.seed)
     atomic_write_bytes(files["contact_sheet.png"], png_bytes(sheet))
     buffer = io.BytesIO()
