@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -175,13 +176,32 @@ class OutputLock:
 
 # --- checkpoints and devices ---------------------------------------------------------------------
 
+class UnreadableTorchFile(ValueError):
+    """A torch file that cannot be read, with a one-line reason (and never torch's own advice to
+    load it unsafely)."""
+
+
+def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """What `torch.save` wrote to `path`, weights only: tensors and plain data, never unpickled
+    objects.  UnreadableTorchFile says why a file cannot be read."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):  # a pickle naming a class or function: never run
+            raise UnreadableTorchFile("it holds objects other than tensors and plain data, which are never "
+                                      "unpickled") from error
+        raise UnreadableTorchFile("truncated, or not a torch file (it does not parse)") from error
+    except Exception as error:      # torch's reader fails on empty, cut or foreign files in many ways
+        raise UnreadableTorchFile(f"truncated, or not a torch file ({type(error).__name__})") from error
+
+
 def load_on_cpu(path: str | Path) -> Any:
     """A torch file read onto the CPU whatever device saved it, weights only (never unpickled).
 
     Module and optimiser states reach their device through `load_state_dict`; RNG states must be
     CPU tensors, which is why nothing here is moved to the run's device.
     """
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch_file(path, "cpu")
 
 
 DEVICE_SPELLINGS = "auto, cpu, cuda or cuda:N"

@@ -105,3 +105,11 @@ def test_gen_info_weights_alone_replace_the_params_generators(tmp_path):
     params.write_text("generator: [not, a, spec]\n")
     result = CliRunner().invoke(gen_info, ["--params", str(params)])
     assert result.exit_code == 1 and "a name or a mapping" in result.output
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", bytes(range(256)) * 4])
+def test_a_house_weights_file_that_is_not_one_is_a_clear_error(tmp_path, content):
+    (tmp_path / "weights.pt").write_bytes(content)
+    result = CliRunner().invoke(gen_info, ["--name", "house", "--weights", str(tmp_path / "weights.pt")])
+    assert result.exit_code == 1 and "is not a house generator weights file: truncated, or not a torch file" in \
+        result.output and "Traceback" not in result.output

@@ -10,8 +10,8 @@ import torch
 from pathlib import Path
 
 from generator.files import atomic_write_bytes
-from generator.runs import (LOCK_NAME, FolderLocked, OutputLock, RecordMismatch, load_on_cpu, may_resume,
-                            record_differences, record_digest, resolve_device)
+from generator.runs import (LOCK_NAME, FolderLocked, OutputLock, RecordMismatch, UnreadableTorchFile, load_on_cpu,
+                            load_torch_file, may_resume, record_differences, record_digest, resolve_device)
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD = {"generator": {"identity": "house@1"}, "parameters": {"seed": 0, "alpha": 0.2, "filters": {"bins": 12}}}
@@ -99,5 +99,16 @@ def test_load_on_cpu_reads_tensors_saved_anywhere_onto_the_cpu_and_never_unpickl
         def __reduce__(self):
             return (print, ("unpickled!",))
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"x": Payload()}, protocol=2))
-    with pytest.raises(Exception):
+    with pytest.raises(UnreadableTorchFile, match="^it holds objects other than tensors .* never unpickled$"):
         load_on_cpu(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("content", [b"", b"root:x:0:0:root:/root:/bin/bash\n" * 20, bytes(range(256)) * 4,
+                                     b"<html><body>Not Found</body></html>"])
+def test_an_unreadable_torch_file_is_one_line_without_advice_to_unpickle(tmp_path, content):
+    (tmp_path / "weights.pt").write_bytes(content)
+    with pytest.raises(UnreadableTorchFile) as raised:
+        load_torch_file(tmp_path / "weights.pt")
+    message = str(raised.value)
+    assert message.startswith("truncated, or not a torch file") and "\n" not in message
+    assert "weights_only" not in message

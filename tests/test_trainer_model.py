@@ -83,7 +83,7 @@ def test_weights_file_holding_arbitrary_objects_is_refused(tmp_path, capsys):
 
     with open(tmp_path / "unet.pt", "wb") as f:
         pickle.dump({"weights": Payload()}, f, protocol=2)
-    with pytest.raises(TrainedModelError, match="objects other than tensors, which this project never unpickles"):
+    with pytest.raises(TrainedModelError, match="objects other than tensors and plain data, which are never unpickled"):
         load_trained_model(tmp_path)
     assert "unpickled!" not in capsys.readouterr().out
 
@@ -102,7 +102,7 @@ def test_weights_file_holding_arbitrary_objects_is_refused(tmp_path, capsys):
      "input_size must be a whole number of at least 2 \\*\\* depth = 2, got None"),
     (lambda folder: (folder / "unet.json").write_text(
         '{"format_version": 1, "base_channels": 4, "depth": 1, "input_size": 1}'), "got 1"),
-    (lambda folder: (folder / "unet.pt").write_bytes(b""), "truncated, or not a torch weights file"),
+    (lambda folder: (folder / "unet.pt").write_bytes(b""), "truncated, or not a torch file"),
     (lambda folder: (folder / "unet.pt").write_bytes((folder / "unet.pt").read_bytes()[:500]), "truncated"),
     (lambda folder: torch.save({"model": {}, "optimizer": {}, "step": 3}, folder / "unet.pt"),
      "a training checkpoint, not a trained model"),

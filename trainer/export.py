@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from generator.files import atomic_write_bytes
+from generator.runs import UnreadableTorchFile, load_torch_file
 from trainer.unet import UNet
 
 FORMAT_VERSION = 1
@@ -92,13 +92,9 @@ def load_trained_model(folder: str | Path, map_location: str | torch.device = "c
 def _read_weights(path: Path, model: UNet, map_location) -> dict[str, torch.Tensor]:
     """The state dict in `path`, checked against `model`; a one-line reason when it cannot be used."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:     # weights_only refused an object: never unpickled here
-        raise TrainedModelError(f"cannot load weights {path}: it holds objects other than tensors, "
-                                f"which this project never unpickles") from error
-    except Exception as error:                  # torch's reader fails on empty, cut or foreign files
-        raise TrainedModelError(f"cannot load weights {path}: truncated, or not a torch weights file "
-                                f"({type(error).__name__})") from error
+        state = load_torch_file(path, map_location)
+    except UnreadableTorchFile as error:
+        raise TrainedModelError(f"cannot load weights {path}: {error}") from error
     if isinstance(state, dict) and {"model", "optimizer"} <= set(state):
         raise TrainedModelError(f"cannot load weights {path}: it is a training checkpoint, not a trained "
                                 f"model; the model is the unet.pt train-unet writes to its model folder")

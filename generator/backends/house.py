@@ -13,7 +13,6 @@ encoded by.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from generator.house import BANK_PATH, WEIGHTS_PATH
 from generator.house.architectures import build_inference_networks, make_config
 from generator.interface import Generator, GeneratorSpecError, digest_file
+from generator.runs import load_torch_file
 
 SUPPORTED_FORMAT_VERSIONS = {1, 2}
 
@@ -42,16 +42,15 @@ class HouseGenerator(Generator):
         if not self.weights_path.is_file():
             raise GeneratorSpecError(f"house generator weights {self.weights_path} not found")
         try:
-            payload = torch.load(self.weights_path, map_location="cpu", weights_only=True)
-            if payload.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
-                raise ValueError(f"unsupported format_version {payload.get('format_version')!r}")
+            payload = load_torch_file(self.weights_path)
+            if not isinstance(payload, dict) or payload.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
+                raise ValueError("no format_version this backend reads")
             self.architecture = payload.get("architecture") or "v1"
             self.config = make_config(self.architecture, payload["config"])
             self.generator_net, self.encoder_net = build_inference_networks(self.config)
             self.generator_net.load_state_dict(_as_float32(payload["generator"]))
             self.encoder_net.load_state_dict(_as_float32(payload["encoder"]))
-        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, EOFError, OSError,
-                pickle.UnpicklingError) as error:
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:   # and UnreadableTorchFile
             raise GeneratorSpecError(f"{self.weights_path} is not a house generator weights file: {error}") from error
         # frozen: gradients reach the latents (direction discovery), never the weights
         self.generator_net.eval().requires_grad_(False)
