@@ -72,6 +72,21 @@ def test_find_images_is_recursive_sorted_and_case_insensitive(photos):
     assert found == sorted(EXPECTED_FILES + ["broken.jpg"])
 
 
+def test_find_images_follows_links_to_folders_once_and_leaves_hidden_files_out(photos, tmp_path):
+    linked = tmp_path / "linked"
+    (linked / ".hidden").mkdir(parents=True)
+    (linked / ".hidden" / "x.jpg").write_bytes(b"")
+    (linked / ".x.jpg").write_bytes(b"")
+    (linked / "more").symlink_to(photos)
+    (linked / "again").symlink_to(photos)              # the same folder through a second link
+    (tmp_path / "loop_target").mkdir()
+    (tmp_path / "loop_target" / "up").symlink_to(tmp_path / "loop_target")   # a link back to its own folder
+    (linked / "cycle").symlink_to(tmp_path / "loop_target")
+    found = [p.relative_to(linked).as_posix() for p in find_images(linked)]
+    in_photos = sorted(EXPECTED_FILES + ["broken.jpg"])
+    assert found == [f"again/{name}" for name in in_photos]   # folders are searched in name order: "again" first
+
+
 def test_embed_folder_writes_the_bank(photos, tmp_path):
     out = tmp_path / "bank"
     params = write_params(tmp_path / "params.yaml", TESTING, images=str(photos), output=str(out), batch_size=4,
@@ -172,6 +187,7 @@ def test_generator_without_an_encoder(photos, tmp_path):
     ("missing", "is not a folder"),
     ("empty", "no image files (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp) under"),
     ("all_broken", "none of the 1 image files under"),
+    ("empty_string", "embed.images must be a non-empty string, got ''"),
 ])
 def test_bad_image_folders(tmp_path, setup, message):
     folder = tmp_path / "images"
@@ -180,7 +196,8 @@ def test_bad_image_folders(tmp_path, setup, message):
         (folder / "readme.txt").write_text("x")
     if setup == "all_broken":
         (folder / "bad.png").write_bytes(b"\x89PNG broken")
-    params = write_params(tmp_path / "params.yaml", TESTING, images=str(folder), output=str(tmp_path / "bank"))
+    images = "" if setup == "empty_string" else str(folder)
+    params = write_params(tmp_path / "params.yaml", TESTING, images=images, output=str(tmp_path / "bank"))
     result = run("--params", str(params))
     assert result.exit_code != 0 and message in result.output
     assert "Traceback" not in result.output and not (tmp_path / "bank").exists()

@@ -36,11 +36,18 @@ class EncodedImages:
 
 
 def find_images(folder: str | Path) -> list[Path]:
-    """Image files under `folder`, recursively, sorted by relative path."""
+    """Image files under `folder`, recursively, sorted by relative path.  Links to folders are
+    followed (a folder met again through a link is not searched twice); hidden files and folders
+    (names starting with a dot) are left out."""
     folder = Path(folder)
-    found = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    found, searched = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in searched:            # a link back to a folder above, or a second link to one
+            dirs[:] = []
+            continue
+        searched.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))   # in name order: which link wins is fixed
         found.extend(Path(root) / name for name in names
                      if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES)
     return sorted(found, key=lambda path: path.relative_to(folder).as_posix())

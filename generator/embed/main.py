@@ -31,6 +31,9 @@ class EmbedSettings:
 
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> "EmbedSettings":
+        if section is not None and not isinstance(section, dict):
+            raise click.ClickException(f"the `embed` section must map settings to values, got "
+                                       f"{type(section).__name__}")
         section = dict(section or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(section) - known)
@@ -44,8 +47,8 @@ class EmbedSettings:
                 raise click.ClickException(f"embed.{name} must be a positive integer, got {value!r}")
         for name in ("images", "output", "device"):
             value = getattr(settings, name)
-            if not (isinstance(value, str) or (name == "images" and value is None)):
-                raise click.ClickException(f"embed.{name} must be a string, got {value!r}")
+            if not (isinstance(value, str) and value.strip() or (name == "images" and value is None)):
+                raise click.ClickException(f"embed.{name} must be a non-empty string, got {value!r}")
         return settings
 
 
@@ -83,8 +86,8 @@ def embed_folder(generator: Generator, settings: EmbedSettings, progress: bool) 
 @click.option("--params", "params_path", type=click.Path(dir_okay=False), default="params.yaml", show_default=True,
               help="Parameters file: its `embed` section and the `generator` spec.")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
-              help="Folder of photos to encode, searched recursively for jpg, jpeg, png, bmp, tif, tiff and "
-                   "webp files "
+              help="Folder of photos to encode, searched recursively (through links to folders; hidden files "
+                   "and folders left out) for jpg, jpeg, png, bmp, tif, tiff and webp files "
                    "[default: embed.images; when that is null, the generator's bundled bank is copied].")
 @click.option("--bundled", is_flag=True,
               help="Copy the generator's bundled bank even when embed.images names a folder.")
