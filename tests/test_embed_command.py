@@ -188,6 +188,7 @@ def test_generator_without_an_encoder(photos, tmp_path):
     ("empty", "no image files (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp) under"),
     ("all_broken", "none of the 1 image files under"),
     ("empty_string", "embed.images must be a non-empty string, got ''"),
+    ("output_under_a_file", "cannot make the output folder"),
 ])
 def test_bad_image_folders(tmp_path, setup, message):
     folder = tmp_path / "images"
@@ -197,7 +198,10 @@ def test_bad_image_folders(tmp_path, setup, message):
     if setup == "all_broken":
         (folder / "bad.png").write_bytes(b"\x89PNG broken")
     images = "" if setup == "empty_string" else str(folder)
-    params = write_params(tmp_path / "params.yaml", TESTING, images=images, output=str(tmp_path / "bank"))
+    output = tmp_path / "bank"
+    if setup == "output_under_a_file":
+        output = tmp_path / "images" / "readme.txt" / "bank"
+    params = write_params(tmp_path / "params.yaml", TESTING, images=images, output=str(output))
     result = run("--params", str(params))
     assert result.exit_code != 0 and message in result.output
     assert "Traceback" not in result.output and not (tmp_path / "bank").exists()

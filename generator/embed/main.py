@@ -121,6 +121,10 @@ def main(params_path: str, images: str | None, bundled: bool, out: str | None, b
     settings = replace(settings, **{key: value for key, value in overrides.items() if value is not None})
     if bundled:
         settings = replace(settings, images=None)
+    # refused before the encoding, not after it; nothing is made until the bank is written
+    existing = next(path for path in (Path(settings.output), *Path(settings.output).parents) if path.exists())
+    if not existing.is_dir():
+        raise click.ClickException(f"cannot make the output folder {settings.output}: {existing} is a file")
     try:
         generator = build_generator(params["generator"])
     except GeneratorSpecError as error:
