@@ -186,6 +186,8 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
     objects.  UnreadableTorchFile says why a file cannot be read."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise                               # the file is not there to judge: the caller says so
     except pickle.UnpicklingError as error:
         if "Unsupported global" in str(error):  # a pickle naming a class or function: never run
             raise UnreadableTorchFile("it holds objects other than tensors and plain data, which are never "

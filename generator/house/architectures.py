@@ -45,6 +45,20 @@ ARCHITECTURE_DEFAULTS = {
 }
 
 
+#: the layered generator's background part of z (its first coordinates); z must be larger
+LAYERED_BACKGROUND_DIM = HouseLayeredConfig.background_dim
+
+
+def latent_dim_problem(architecture: str, latent_dim: int) -> str | None:
+    """Why a size of z does not fit an architecture (for the option's error), None when it fits."""
+    if architecture == "layered" and latent_dim <= LAYERED_BACKGROUND_DIM:
+        return (f"{latent_dim} is too small for the layered architecture: its first {LAYERED_BACKGROUND_DIM} "
+                f"coordinates draw the background and the rest the object; give more than {LAYERED_BACKGROUND_DIM}")
+    if latent_dim < 1:
+        return f"the size of z must be positive, got {latent_dim}"
+    return None
+
+
 def architecture_of(config: Any) -> str:
     """The name of the architecture a config object belongs to."""
     for name, architecture in ARCHITECTURES.items():

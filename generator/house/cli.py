@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -11,9 +12,38 @@ import torch
 from tqdm import tqdm
 
 from generator.house import PACKAGE_DIR
-from generator.house.architectures import ARCHITECTURE_DEFAULTS, ARCHITECTURES, SHIPPED_ARCHITECTURE, make_config
+from generator.house.architectures import (ARCHITECTURE_DEFAULTS, ARCHITECTURES, LAYERED_BACKGROUND_DIM,
+                                          SHIPPED_ARCHITECTURE, latent_dim_problem, make_config)
 from generator.house.pack import pack_photos
-from generator.house.training import CHECKPOINT_NAME, LOG_NAME, SETTINGS_NAME, TrainSettings, train
+from generator.house.training import (CHECKPOINT_NAME, LOG_NAME, SETTINGS_NAME, TrainingInterrupted, TrainSettings,
+                                      train)
+
+#: seconds of a --minutes budget kept for the export (TrainSettings' default)
+EXPORT_RESERVE_SECONDS = TrainSettings.export_reserve_seconds
+
+
+def _learning_rate(value: float) -> str:
+    return f"{value:.0e}".replace("e-0", "e-")
+
+
+def defaults_of(name: str, shown=str) -> str:
+    """Each architecture's default of a setting, the shipped one first: 'layered: 128, v1: 64, v2: 128'."""
+    names = [SHIPPED_ARCHITECTURE, *sorted(a for a in ARCHITECTURE_DEFAULTS if a != SHIPPED_ARCHITECTURE)]
+    return ", ".join(f"{a}: {shown(ARCHITECTURE_DEFAULTS[a][name])}" for a in names)
+
+
+def resume_command(command: list[str], checkpoint: Path) -> str:
+    """The command line that continues a run: its own, with --resume CHECKPOINT instead of any other."""
+    kept, skip = [], False
+    for argument in command:
+        if skip:
+            skip = False
+        elif argument == "--resume":
+            skip = True
+        elif not argument.startswith("--resume="):
+            kept.append(argument)
+    return shlex.join([*kept, "--resume", str(checkpoint)])
+
 
 def resolve_device(name: str) -> str:
     if name == "auto":
@@ -38,7 +68,8 @@ class _CommandRecordingArguments(click.Command):
                    "photo pack written by pack-house-photos. Never a benchmark used for evaluation.")
 @click.option("--out", type=click.Path(file_okay=False), default="data/house_gan", show_default=True,
               help=f"Folder for the resumable checkpoint ({CHECKPOINT_NAME}), the log ({LOG_NAME}: step, "
-                   f"losses, steps/s, images/s) and the run's settings ({SETTINGS_NAME}).")
+                   f"seconds, losses, steps/s, images/s) and the run's settings ({SETTINGS_NAME}). A folder "
+                   "that already holds a checkpoint is refused unless --resume is given.")
 @click.option("--export-to", type=click.Path(file_okay=False), default=None,
               help="Folder for the shipped files (house_gan.pt, latent_bank.npy/.json, samples.png, "
                    f"reconstructions.png); default: --out. The package's own copy is {PACKAGE_DIR}.")
@@ -54,27 +85,34 @@ class _CommandRecordingArguments(click.Command):
               help="Encoder refinement steps after the GAN phase (generator frozen).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Wall-clock budget of the whole run, export included: each phase stops early when its share "
-                   "is spent (--steps and --encoder-steps become upper bounds).")
+                   "is spent (--steps and --encoder-steps become upper bounds). "
+                   f"{EXPORT_RESERVE_SECONDS:.0f} s of it are kept for the export, so it must be longer.")
 @click.option("--encoder-share", type=click.FloatRange(0, 1), default=0.15, show_default=True,
-              help="With --minutes: the share of the budget kept for the encoder phase.")
+              help="With --minutes: the share of the budget kept for the encoder phase (below 1, so that "
+                   "the GAN phase has time).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None,
-              help="Photos and generated images per step [default: 64].")
+              help=f"Photos and generated images per step [{defaults_of('batch_size')}].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the initial weights, the photo draws, the augmentation and the latents.")
-@click.option("--latent-dim", type=click.IntRange(min=1), default=None, help="Size of z [v1: 64, v2: 128].")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=None,
+              help=f"Size of z [{defaults_of('latent_dim')}]; layered: its first "
+                   f"{LAYERED_BACKGROUND_DIM} coordinates draw the background, "
+                   "so it must be larger.")
 @click.option("--resolution", type=click.Choice(["16", "32", "64", "128"]), default=None,
-              help="Side of the generated images [v1: 64, v2: 128; 64 for a CPU run of v2]; the photos are "
-                   "resized (shorter side) and centre-cropped to it.")
+              help=f"Side of the generated images [{defaults_of('resolution')}; 64 for a CPU run of v2]; the "
+                   "photos are resized (shorter side) and centre-cropped to it.")
 @click.option("--width", type=click.IntRange(min=1), default=None,
-              help="Generator channels at the finest layer, doubled at each coarser one [v1: 32, v2: 8].")
+              help="Generator channels at the finest layer, doubled at each coarser one "
+                   f"[{defaults_of('width')}].")
 @click.option("--encoder-width", type=click.IntRange(min=1), default=None,
               help="v2 only: encoder channels at full size, doubled at each halving [8].")
 @click.option("--discriminator-width", type=click.IntRange(min=1), default=None,
-              help="Discriminator channels at the first layer (doubled at each coarser layer) [v1: 48, v2: 32].")
+              help="Discriminator channels at the first layer (doubled at each coarser layer) "
+                   f"[{defaults_of('discriminator_width')}].")
 @click.option("--lr-generator", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Adam learning rate of G [v1: 2e-4, v2: 1e-4].")
+              help=f"Adam learning rate of G [{defaults_of('lr_generator', _learning_rate)}].")
 @click.option("--lr-discriminator", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Adam learning rate of D [v1: 2e-4, v2: 4e-4].")
+              help=f"Adam learning rate of D [{defaults_of('lr_discriminator', _learning_rate)}].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train; auto: CUDA when torch sees it.")
 @click.option("--bf16/--no-bf16", default=True, show_default=True,
@@ -93,7 +131,9 @@ class _CommandRecordingArguments(click.Command):
 @click.option("--no-bank", is_flag=True, default=False,
               help="Do not encode the photos into a latent bank at export (make it later with embed-images).")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Continue from this checkpoint (same architecture options) up to --steps / --encoder-steps.")
+              help="Continue from this checkpoint up to --steps / --encoder-steps, with the settings it was made "
+                   "with (architecture, seed, batch size, learning rates; a checkpoint of others is refused, "
+                   "naming them).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads (default: torch's choice).")
 def main(data, out, export_to, arch, steps, encoder_steps, minutes, encoder_share, batch_size, seed, latent_dim,
@@ -104,8 +144,16 @@ def main(data, out, export_to, arch, steps, encoder_steps, minutes, encoder_shar
     encoder that inverts it, then export the weights, the latent bank of the photos, a sample grid
     and reconstructions of photos.
 
-    Interrupt at any time and continue with --resume OUT/checkpoint.pt.
+    Interrupt at any time with Ctrl-C: the run stops after its current step, saves OUT/checkpoint.pt
+    and prints the command that continues it (the same one with --resume OUT/checkpoint.pt).
     """
+    if minutes is not None and minutes * 60 <= EXPORT_RESERVE_SECONDS:
+        raise click.BadParameter(
+            f"{minutes:g} minutes ({minutes * 60:.1f} s) leave no time to train: {EXPORT_RESERVE_SECONDS:.0f} s of the "
+            f"budget are kept for the export; give more than {EXPORT_RESERVE_SECONDS / 60:.2f}", param_hint="--minutes")
+    if minutes is not None and encoder_share >= 1 and steps > 0:
+        raise click.BadParameter(f"{encoder_share:g} leaves no time for a single GAN step: give a share below 1",
+                                 param_hint="--encoder-share")
     if threads:
         torch.set_num_threads(threads)
     settings = build_settings(
@@ -128,11 +176,21 @@ def main(data, out, export_to, arch, steps, encoder_steps, minutes, encoder_shar
             shown["budget_left"] = f"{max(0.0, minutes - (time.monotonic() - started) / 60):.1f}min"
         bar.set_postfix(shown, refresh=False)
 
+    command = ["train-house-gan", *click.get_current_context().meta["argv"]]
     try:
-        command = ["train-house-gan", *click.get_current_context().meta["argv"]]
         weights = train(settings, resume=Path(resume) if resume else None, progress=progress, command=command)
     except (ValueError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
+    except TrainingInterrupted as stop:
+        for bar in bars.values():
+            bar.close()
+        click.echo(f"\n{stop}", err=True)
+        if stop.checkpoint is not None:
+            click.echo(f"continue with: {resume_command(command, stop.checkpoint)}", err=True)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted before training started: nothing was saved", err=True)
+        raise SystemExit(130) from None
     finally:
         for bar in bars.values():
             bar.close()
@@ -156,6 +214,9 @@ def build_settings(*, data, out, export_to=None, arch=SHIPPED_ARCHITECTURE, step
         if arch != "v2":
             raise click.BadParameter("only v2 has a separate encoder width", param_hint="--encoder-width")
         fields["encoder_width"] = encoder_width
+    problem = latent_dim_problem(arch, fields["latent_dim"])
+    if problem:
+        raise click.BadParameter(problem, param_hint="--latent-dim")
     try:
         config = make_config(arch, fields)
     except ValueError as error:

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from generator.runs import UnreadableTorchFile, load_torch_file
+
 PACK_FORMAT = "house-photo-pack"
 PACK_FORMAT_VERSION = 1
 
@@ -67,21 +69,25 @@ def pack_photos(folders: Sequence[str | Path], out: str | Path, side: int = 128,
     `max_photos` keeps an evenly spaced subset of each folder's photos.  Returns a summary
     (count, skipped, bytes).  Unreadable files are recorded, not packed.
     """
-    from generator.house.photos import list_photos
+    from generator.house.photos import list_photos, photo_name
+    from generator.house.training import check_output_folder
     from generator.image_io import load_square
 
     if not 8 <= side <= 1024:
         raise ValueError(f"side must be within 8..1024, got {side}")
     if not 1 <= quality <= 95:
         raise ValueError(f"JPEG quality must be within 1..95, got {quality}")
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"the pack {out} would replace a folder")
+    check_output_folder(out, "--out", itself=False)
     paths: list[tuple[Path, Path]] = []
     for folder in folders:
         found = list_photos(folder)
-        root = Path(folder).resolve().parent.parent  # names keep the data set's name: DUTS-TR/images/x.jpg
-        paths += [(found[i], root) for i in evenly_spaced(len(found), max_photos)]
+        paths += [(found[i], Path(folder)) for i in evenly_spaced(len(found), max_photos)]
     names, chunks, offsets, skipped = [], [], [0], []
-    for done, (path, root) in enumerate(paths, start=1):
-        name = str(path.resolve().relative_to(root))
+    for done, (path, folder) in enumerate(paths, start=1):
+        name = photo_name(path, folder)  # keeps the data set's name: DUTS-TR/images/x.jpg
         try:
             crop = load_square(path, side)[0]
         except (OSError, ValueError) as error:
@@ -99,18 +105,16 @@ def pack_photos(folders: Sequence[str | Path], out: str | Path, side: int = 128,
                "jpeg": torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8), "skipped": skipped}
     from generator.house.training import atomic_save
 
-    atomic_save(payload, Path(out))
-    return {"count": len(names), "skipped": len(skipped), "bytes": Path(out).stat().st_size, "side": side,
+    atomic_save(payload, out)
+    return {"count": len(names), "skipped": len(skipped), "bytes": out.stat().st_size, "side": side,
             "quality": quality}
 
 
 def read_pack_index(path: str | Path) -> dict:
     """The pack's fields (JPEG bytes still encoded), checked; PackError when it is not a pack."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # torch.load raises many kinds on foreign files
+        payload = load_torch_file(path)
+    except UnreadableTorchFile as error:
         raise PackError(f"{path} is not a photo pack: {error}") from error
     found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
     if found != PACK_FORMAT:
@@ -167,7 +171,11 @@ def load_pack(path: str | Path, side: int | None = None, limit: int | None = Non
 
     def decode_row(row: int) -> None:
         i = keep[row]
-        photos[row] = decode(bytes(blob[offsets[i]:offsets[i + 1]]), pack_side)
+        try:
+            photos[row] = decode(bytes(blob[offsets[i]:offsets[i + 1]]), pack_side)
+        except Exception as error:  # noqa: BLE001 - decoders raise OSError, ValueError, RuntimeError...
+            raise PackError(f"{path}: packed photo {i} ({payload['names'][i]}) cannot be decoded "
+                            f"({type(error).__name__}: {error}); the pack is damaged, pack the photos again") from error
 
     # decoders release the GIL, so threads decode in parallel; each row is written by one of them
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:

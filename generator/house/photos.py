@@ -9,6 +9,7 @@ a quarter of the memory, and become float per batch (`as_unit_range`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -22,6 +23,14 @@ def list_photos(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"photo folder {folder} does not exist")
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def photo_name(path: str | Path, folder: str | Path) -> str:
+    """A photo's name from its folder's grandparent, which keeps the data set's name
+    (DUTS-TR/images/x.jpg).  Symlinks are not followed: a folder of links to photos elsewhere
+    names the links."""
+    root = Path(os.path.abspath(folder)).parent.parent
+    return str(Path(os.path.abspath(path)).relative_to(root))
 
 
 def load_photos(folder: str | Path, side: int) -> tuple[torch.Tensor, list[Path], list[dict]]:

@@ -6,13 +6,18 @@ RUN is what `train-house-gan` or the one-command GPU run (generator/house/gpu_ru
 house_gan.pt, samples.png, reconstructions.png, settings.json, train_log.jsonl and, from the GPU
 run, timing.json.  The command
 
-1. loads the weights as the backend will (a bad file stops here, before anything is replaced);
+1. loads the weights as the backend will, reads the run's settings, log and timing and the card in
+   --into, and checks that the weights are the run's end: the steps they record reach the targets
+   in settings.json (or, with a time budget, they are its final export) and there was at least one
+   GAN step; an unfinished run is refused unless --allow-unfinished.  Any bad file stops here,
+   named, before anything is written;
 2. encodes the photos into the bundled latent bank (latent_bank.npy / .json), whose index names
    the new weights' identity, so the bank is offered only with exactly these weights;
-3. copies the weights and pictures into the package folder (--into);
-4. writes TRAINING_RECORD.json and the training-record section of MODEL_CARD.md (between the
-   markers below; added at the end when the card has none) from the run's own files;
-5. refuses when the shipped files would exceed --max-mib in all.
+3. refuses when the shipped files would exceed --max-mib in all;
+4. copies the weights and pictures into the package folder (--into) and writes
+   TRAINING_RECORD.json and the training-record section of MODEL_CARD.md (between the markers
+   below; added at the end when the card has none) from the run's own files.  The training time
+   comes from the log (its last `seconds`), not from the weights.
 
 Every file is written under a temporary name and renamed; the weights go last, so an interrupted
 ship leaves the old weights in place and a bank that names the new ones, which is then not used.
@@ -32,7 +37,8 @@ from generator.embed.bank import BANK_FILE, write_bank
 from generator.embed.images import encode_images
 from generator.files import atomic_write_bytes, atomic_write_json
 from generator.house import PACKAGE_DIR
-from generator.house.training import BANK_NAME, RECONSTRUCTIONS_NAME, SAMPLES_NAME, WEIGHTS_NAME
+from generator.house.training import (BANK_NAME, RECONSTRUCTIONS_NAME, SAMPLES_NAME, WEIGHTS_NAME,
+                                      check_output_folder)
 from generator.interface import GeneratorSpecError
 
 RECORD_NAME = "TRAINING_RECORD.json"
@@ -52,18 +58,73 @@ def read_json(path: Path) -> Any:
         raise ShipError(f"{path} cannot be read as JSON: {error}") from error
 
 
+def _read_object(path: Path) -> dict[str, Any]:
+    found = read_json(path)
+    if not isinstance(found, dict):
+        raise ShipError(f"{path} is not a JSON object (found {type(found).__name__})")
+    return found
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The training log's entries; ShipError naming the file and line of a bad one."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, ValueError) as error:
+        raise ShipError(f"{path} cannot be read: {error}") from error
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as error:
+            raise ShipError(f"{path} line {number} is not JSON ({error}): {line[:80]!r}") from error
+        if not isinstance(entry, dict):
+            raise ShipError(f"{path} line {number} is not a JSON object: {line[:80]!r}")
+        entries.append(entry)
+    return entries
+
+
 def training_record(run: Path, house: HouseGenerator) -> dict[str, Any]:
     """What the run did and cost, from its own files: settings, the last log line of each phase,
-    the GPU run's timing (when there is one) and the summary inside the weights."""
-    settings = read_json(run / "settings.json")
-    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    the GPU run's timing (when there is one) and the summary inside the weights.  The training
+    time is the log's last `seconds` (weights written before that moved there hold their own).
+    ShipError naming any file that cannot be read."""
+    settings = _read_object(run / "settings.json")
+    log = read_log(run / "train_log.jsonl")
     last = {entry.get("phase"): entry for entry in log}
-    timing = read_json(run / "timing.json") if (run / "timing.json").is_file() else None
+    timing = _read_object(run / "timing.json") if (run / "timing.json").is_file() else None
+    environment = (timing or {}).get("environment")
+    environment = environment if isinstance(environment, dict) else {}
+    seconds = log[-1].get("seconds") if log else None
+    if seconds is None:
+        seconds = house.training_summary.get("train_seconds")
     return {"identity": house.identity, "architecture": house.architecture, "resolution": house.resolution,
-            "latent_dim": house.latent_dim, "training": house.training_summary,
-            "device": (timing or {}).get("environment", {}).get("device_name") or settings.get("device_name"),
+            "latent_dim": house.latent_dim, "training": house.training_summary, "train_seconds": seconds,
+            "device": environment.get("device_name") or settings.get("device_name"),
             "torch": settings.get("torch"), "settings": settings, "final": last, "timing": timing,
             "command": (timing or {}).get("command") or settings.get("command")}
+
+
+def unfinished(record: dict[str, Any]) -> str | None:
+    """Why the run's weights are not the end of its training (None when they are)."""
+    training, settings = record["training"], record["settings"]
+    steps, encoder_steps = training.get("steps"), training.get("encoder_steps")
+    if not steps:
+        return f"its weights record {steps or 0} GAN steps (an untrained generator)"
+    if training.get("finished") is False:
+        return (f"its weights are a periodic export at GAN step {steps}, not the run's end (continue it with "
+                f"train-house-gan --resume)")
+    targets = settings.get("steps"), settings.get("encoder_steps")
+    if not all(isinstance(target, int) for target in targets):
+        return "settings.json does not give the run's step targets (steps, encoder_steps)"
+    done = f"its weights record {steps} GAN / {encoder_steps} encoder steps"
+    if settings.get("time_budget_seconds") is None:
+        if (steps, encoder_steps) != targets:
+            return f"{done}, its settings.json asks for {targets[0]} / {targets[1]}"
+    elif steps > targets[0] or (encoder_steps or 0) > targets[1]:
+        return f"{done}, more than its settings.json's {targets[0]} / {targets[1]}: the weights are of another run"
+    return None
 
 
 def record_markdown(record: dict[str, Any]) -> str:
@@ -76,8 +137,9 @@ def record_markdown(record: dict[str, Any]) -> str:
             ("bundled latent bank", f"{record['bank']['count']} photos of `{record['bank']['photos']}` encoded"),
             ("GAN steps / encoder steps", f"{training.get('steps')} / {training.get('encoder_steps')} "
                                           f"at batch {training.get('batch_size')}, seed {training.get('seed')}"),
-            ("training time", f"{training.get('train_seconds')} s"
-                              + (f" ({timing['total_seconds']} s with setup and export)" if timing else ""))]
+            ("training time", f"{record.get('train_seconds', training.get('train_seconds'))} s"
+                              + (f" ({timing['total_seconds']} s with setup and export)"
+                                 if timing.get("total_seconds") is not None else ""))]
     for phase, entry in final.items():
         losses = ", ".join(f"{key} {value}" for key, value in entry.items() if key.startswith(("loss", "real", "fake")))
         rows.append((f"last {phase} log line", f"step {entry.get('step')}, {entry.get('steps_per_second')} steps/s, "
@@ -96,8 +158,17 @@ def card_with_record(card: str, section: str) -> str:
     return card.rstrip("\n") + "\n\n" + section + "\n"
 
 
-def ship(run: Path, photos: Path, into: Path, max_mib: float, batch_size: int = 64, progress: bool = True) -> dict:
-    """Ship the run in `run` into the package folder `into`; return the training record."""
+def ship(run: Path, photos: Path, into: Path, max_mib: float, batch_size: int = 64, progress: bool = True,
+         allow_unfinished: bool = False) -> dict:
+    """Ship the run in `run` into the package folder `into`; return the training record.
+
+    Everything is read and checked before the first write: a bad run, card or --into changes
+    nothing in `into`."""
+    run, into = Path(run), Path(into)
+    try:
+        check_output_folder(into, "--into")
+    except ValueError as error:
+        raise ShipError(str(error)) from error
     needed = [WEIGHTS_NAME, SAMPLES_NAME, RECONSTRUCTIONS_NAME, "settings.json", "train_log.jsonl"]
     missing = [name for name in needed if not (run / name).is_file()]
     if missing:
@@ -106,6 +177,16 @@ def ship(run: Path, photos: Path, into: Path, max_mib: float, batch_size: int = 
         house = HouseGenerator(run / WEIGHTS_NAME)
     except GeneratorSpecError as error:
         raise ShipError(str(error)) from error
+    record = training_record(run, house)
+    reason = unfinished(record)
+    if reason and not allow_unfinished:
+        raise ShipError(f"{run} is not a finished training run: {reason}; ship it anyway with --allow-unfinished")
+    card = into / CARD_NAME
+    try:
+        card_text = card.read_text() if card.exists() else "# House generator\n"
+        files = {name: (run / name).read_bytes() for name in (SAMPLES_NAME, RECONSTRUCTIONS_NAME, WEIGHTS_NAME)}
+    except (OSError, ValueError) as error:
+        raise ShipError(f"cannot read {getattr(error, 'filename', None) or card}: {error}") from error
     with tempfile.TemporaryDirectory(prefix="ship-bank-") as staging:
         try:
             encoded = encode_images(house, photos, batch_size=batch_size, progress=progress)
@@ -113,28 +194,34 @@ def ship(run: Path, photos: Path, into: Path, max_mib: float, batch_size: int = 
             raise ShipError(f"cannot encode {photos}: {error}") from error
         if not encoded.files:
             raise ShipError(f"no readable photos under {photos}")
-        bank = write_bank(staging, encoded.latents, house.identity, encoded.files, encoded.skipped,
-                          source={"kind": "images", "folder": str(photos)})
-        sizes = {WEIGHTS_NAME: (run / WEIGHTS_NAME).stat().st_size,
-                 SAMPLES_NAME: (run / SAMPLES_NAME).stat().st_size,
-                 RECONSTRUCTIONS_NAME: (run / RECONSTRUCTIONS_NAME).stat().st_size,
-                 BANK_NAME: Path(staging, BANK_FILE).stat().st_size}
-        total = sum(sizes.values()) / 2 ** 20
-        if total > max_mib:
-            listed = ", ".join(f"{name} {size / 2 ** 20:.1f} MiB" for name, size in sizes.items())
-            raise ShipError(f"the shipped files would take {total:.1f} MiB, over --max-mib {max_mib} ({listed})")
-        into.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(into / BANK_NAME, Path(staging, BANK_FILE).read_bytes())
-        atomic_write_json(into / Path(BANK_NAME).with_suffix(".json"), bank.index)
-    for name in (SAMPLES_NAME, RECONSTRUCTIONS_NAME):
-        atomic_write_bytes(into / name, (run / name).read_bytes())
-    record = training_record(run, house)
+        try:
+            bank = write_bank(staging, encoded.latents, house.identity, encoded.files, encoded.skipped,
+                              source={"kind": "images", "folder": str(photos)})
+        except ValueError as error:  # NaN codes, say: weights that do not encode
+            raise ShipError(f"the bank of {photos} cannot be made with {run / WEIGHTS_NAME}: {error}") from error
+        bank_bytes = Path(staging, BANK_FILE).read_bytes()
+    sizes = {**{name: len(data) for name, data in files.items()}, BANK_NAME: len(bank_bytes)}
+    total = sum(sizes.values()) / 2 ** 20
+    if total > max_mib:
+        listed = ", ".join(f"{name} {size / 2 ** 20:.1f} MiB" for name, size in sizes.items())
+        raise ShipError(f"the shipped files would take {total:.1f} MiB, over --max-mib {max_mib} ({listed})")
     record["bank"] = {"count": len(encoded.files), "skipped": len(encoded.skipped), "photos": str(photos)}
-    atomic_write_json(into / RECORD_NAME, record)
-    card = into / CARD_NAME
-    atomic_write_bytes(card, card_with_record(card.read_text() if card.is_file() else "# House generator\n",
-                                              record_markdown(record)).encode())
-    atomic_write_bytes(into / WEIGHTS_NAME, (run / WEIGHTS_NAME).read_bytes())   # last: the old weights serve till now
+    if reason:
+        record["unfinished"] = reason
+    card_bytes = card_with_record(card_text, record_markdown(record)).encode()
+    try:
+        record_bytes = (json.dumps(record, indent=2) + "\n").encode()
+    except (TypeError, ValueError) as error:
+        raise ShipError(f"the training record of {run} cannot be written as JSON: {error}") from error
+    # every check is done: write, the weights last (the old weights serve till then)
+    into.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(into / BANK_NAME, bank_bytes)
+    atomic_write_json(into / Path(BANK_NAME).with_suffix(".json"), bank.index)
+    for name in (SAMPLES_NAME, RECONSTRUCTIONS_NAME):
+        atomic_write_bytes(into / name, files[name])
+    atomic_write_bytes(into / RECORD_NAME, record_bytes)
+    atomic_write_bytes(card, card_bytes)
+    atomic_write_bytes(into / WEIGHTS_NAME, files[WEIGHTS_NAME])
     return record
 
 
@@ -149,9 +236,13 @@ def ship(run: Path, photos: Path, into: Path, max_mib: float, batch_size: int = 
               help="Refuse when weights, bank and pictures would take more than this.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Photos per encoder call.")
-def main(run: Path, photos: Path, into: Path, max_mib: float, batch_size: int) -> None:
+@click.option("--allow-unfinished", is_flag=True, default=False,
+              help="Ship weights that are not the run's end (a periodic export, fewer steps than settings.json "
+                   "asks for, or no GAN step at all); the record says so.")
+def main(run: Path, photos: Path, into: Path, max_mib: float, batch_size: int, allow_unfinished: bool) -> None:
     """Make the training run in RUN the package's house generator: its weights, a latent bank of
-    --photos encoded by them, its pictures and its training record in the model card."""
-    record = ship(run, photos, into, max_mib, batch_size)
+    --photos encoded by them, its pictures and its training record in the model card.  Only a
+    finished run is shipped, and nothing in --into changes unless every file of the run reads."""
+    record = ship(run, photos, into, max_mib, batch_size, allow_unfinished=allow_unfinished)
     click.echo(f"shipped {record['identity']} ({record['architecture']}, {record['resolution']} px) into {into}; "
                f"bank of {record['bank']['count']} photos encoded from {photos}")

@@ -16,9 +16,14 @@ budget (`time_budget_seconds`) ends each phase in time to export: the GAN phase 
 `encoder_share` of it, the export keeps `export_reserve_seconds`.
 
 Checkpoints hold everything needed to resume (networks, optimisers, random states, step counts,
-elapsed seconds) and are written atomically.  `export_house_model` writes the shipped files:
-weights (EMA generator + encoder state dicts and the architecture; v2 stores float16), the latent
-bank of the training photos (when they came from a folder), a sample grid and reconstructions.
+elapsed seconds) and the settings that shape training (`TrainSettings.resume_record`: seed, batch
+size, learning rates, architecture); they are written atomically, read without unpickling, and a
+run resumes only from a checkpoint of the same settings.  A first Ctrl-C stops the run after its
+current step with a checkpoint saved (`TrainingInterrupted`).  `export_house_model` writes the
+shipped files: weights (EMA generator + encoder state dicts and the architecture; v2 stores
+float16), the latent bank of the training photos (when they came from a folder), a sample grid and
+reconstructions.  The weights hold no wall-clock figure, so the same seed and settings give the
+same bytes (on the same machine); the time a run took is in its log (`seconds`).
 The module needs only torch at import; Pillow is needed for the PNGs, numpy for the bank.
 """
 
@@ -28,6 +33,9 @@ import contextlib
 import copy
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +49,8 @@ from generator.house.augment import diff_augment
 from generator.house.model_layered import coverage_penalty, diversity_penalty
 from generator.house.model_v2 import update_spectral_norms
 from generator.house.model import HouseConfig
-from generator.house.photos import as_unit_range, load_training_photos
+from generator.house.photos import as_unit_range, load_training_photos, photo_name
+from generator.runs import UnreadableTorchFile, load_on_cpu, may_resume
 
 WEIGHTS_FORMAT_VERSION = 1
 HALF_WEIGHTS_FORMAT_VERSION = 2
@@ -100,6 +109,15 @@ class TrainSettings:
         """Every setting as plain JSON values (written beside the log)."""
         values = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k != "config"}
         return {**values, "architecture": self.architecture, "config": config_record(self.config)}
+
+    def resume_record(self) -> dict:
+        """The settings that shape training, stored in every checkpoint: a run continues only from a
+        checkpoint of the same ones (step targets, time budget, device and logging may change)."""
+        return {"architecture": {"name": self.architecture, **self.config.as_dict(),
+                                 "discriminator_width": self.discriminator_width},
+                "training": {"seed": self.seed, "batch_size": self.batch_size, "lr_generator": self.lr_generator,
+                             "lr_discriminator": self.lr_discriminator, "lr_encoder": self.lr_encoder,
+                             "adam_betas": [float(b) for b in self.adam_betas], "ema_decay": self.ema_decay}}
 
 
 class TrainingState:
@@ -165,24 +183,84 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(ValueError):
+    """A --resume file that is not a readable checkpoint of train-house-gan."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: `checkpoint` is the file to resume from (None when there is none),
+    `saved` whether it holds the step the run stopped at."""
+
+    def __init__(self, checkpoint: Path | None, saved: bool, step: int, encoder_step: int) -> None:
+        self.checkpoint, self.saved, self.step, self.encoder_step = checkpoint, saved, step, encoder_step
+        if saved:
+            where = f"checkpoint saved at GAN step {step}, encoder step {encoder_step}: {checkpoint}"
+        elif checkpoint is not None:
+            where = f"stopped inside a step; the last checkpoint is kept: {checkpoint}"
+        else:
+            where = "stopped inside a step before any checkpoint; nothing to resume"
+        super().__init__(f"training interrupted; {where}")
+
+
 def save_checkpoint(state: TrainingState, settings: TrainSettings, path: Path) -> None:
     atomic_save({"architecture": settings.architecture, "config": settings.config.as_dict(),
-                 "discriminator_width": settings.discriminator_width,
-                 "seed": settings.seed, "state": state.state_dict()}, path)
+                 "discriminator_width": settings.discriminator_width, "seed": settings.seed,
+                 "record": settings.resume_record(), "state": state.state_dict()}, path)
+
+
+def read_checkpoint(path: Path, settings: TrainSettings) -> dict:
+    """A checkpoint's contents (on the CPU, never unpickled), checked against the settings.
+
+    CheckpointError when the file cannot be read as a checkpoint; `RecordMismatch` (a ValueError)
+    naming every setting that differs from the checkpoint's.  Nothing is written either way.
+    """
+    path = Path(path)
+    try:
+        payload = load_on_cpu(path)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"checkpoint {path} not found") from error
+    except UnreadableTorchFile as error:
+        raise CheckpointError(f"{path} is not a readable train-house-gan checkpoint: {error}") from error
+    if not isinstance(payload, dict) or not isinstance(payload.get("state"), dict):
+        raise CheckpointError(f"{path} is not a train-house-gan checkpoint (no training state in it)")
+    current = settings.resume_record()
+    saved = payload.get("record")
+    if saved is None:  # written before the record: its architecture and seed are what it has
+        saved = {"architecture": {"name": payload.get("architecture") or "v1", **(payload.get("config") or {}),
+                                  "discriminator_width": payload.get("discriminator_width")},
+                 "training": {"seed": payload.get("seed")}}
+        current = {"architecture": current["architecture"], "training": {"seed": current["training"]["seed"]}}
+    may_resume(saved, current, what=f"checkpoint {path}",
+               hint="Resume with the settings it was made with (the settings.json beside it lists them), "
+                    "or start a new run in another --out.")
+    return payload
+
+
+def _resumed_state(payload: dict, settings: TrainSettings, path: Path) -> TrainingState:
+    state = TrainingState(settings)
+    try:
+        state.load_state_dict(payload["state"])
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: its training state does not load ({type(error).__name__}: "
+                              f"{(str(error).strip().splitlines() or [''])[0]})") from error
+    return state
 
 
 def load_checkpoint(path: Path, settings: TrainSettings) -> TrainingState:
-    """Resume a run; refuses a checkpoint whose architecture differs from the settings'."""
-    payload = torch.load(path, map_location=settings.device, weights_only=True)
-    found = {**payload.get("config", {}), "architecture": payload.get("architecture", "v1"),
-             "discriminator_width": payload.get("discriminator_width")}
-    wanted = {**settings.config.as_dict(), "architecture": settings.architecture,
-              "discriminator_width": settings.discriminator_width}
-    if found != wanted:
-        raise ValueError(f"checkpoint {path} has architecture {found}, not {wanted}")
-    state = TrainingState(settings)
-    state.load_state_dict(payload["state"])
-    return state
+    """Resume a run; refuses a checkpoint made with other settings (architecture, seed, batch size,
+    learning rates), naming them, and a file that is not a checkpoint."""
+    return _resumed_state(read_checkpoint(path, settings), settings, Path(path))
+
+
+def check_output_folder(path: Path, what: str, itself: bool = True) -> None:
+    """Refuse, before any work, an output that cannot be written: a file at the folder's place or
+    above it.  `itself` False checks only the folders above `path` (the output is a file)."""
+    path = Path(path)
+    for folder in ((path,) if itself else ()) + tuple(path.parents):
+        if folder.is_dir():
+            return
+        if folder.exists() or folder.is_symlink():
+            raise ValueError(f"{what} {path} cannot be written: {folder} is a file, not a folder")
 
 
 def _real_batch(photos: torch.Tensor, size: int, rng: torch.Generator) -> torch.Tensor:
@@ -397,20 +475,20 @@ def _write_bank(house, photos: torch.Tensor, settings: TrainSettings, files: lis
         np.save(f, codes, allow_pickle=False)
     os.replace(tmp, bank_path)
     # paths from the data folder's grandparent keep the data set's name: MSRA1000/images/x.jpg
-    data_root = Path(settings.data).resolve().parent.parent
     _write_json({"format_version": BANK_FORMAT_VERSION, "generator": house.identity, "count": int(codes.shape[0]),
-                 "files": [str(p.resolve().relative_to(data_root)) for p in files],
-                 "skipped": [{"path": str(Path(s["path"]).resolve().relative_to(data_root)), "reason": s["reason"]}
-                             for s in skipped]},
+                 "files": [photo_name(p, settings.data) for p in files],
+                 "skipped": [{"path": photo_name(s["path"], settings.data), "reason": s["reason"]} for s in skipped]},
                 bank_path.with_suffix(".json"))
 
 
 def export_house_model(state: TrainingState, settings: TrainSettings, photos: torch.Tensor,
-                       files: list[Path], skipped: list[dict]) -> Path:
+                       files: list[Path], skipped: list[dict], finished: bool = True) -> Path:
     """Write weights, latent bank (+ JSON index), sample grid and reconstructions to `export_to`.
 
     The bank is written when `settings.bank` holds and the photos came from a folder (`files`);
-    a pack's photos are encoded later with `embed-images` from the original files.
+    a pack's photos are encoded later with `embed-images` from the original files.  The weights'
+    training summary says whether this is the run's final export (`finished`) or a periodic one,
+    and holds no wall-clock time, so that the same run gives the same bytes.
     """
     from generator.backends.house import HouseGenerator  # the backend reads what we write
 
@@ -419,8 +497,8 @@ def export_house_model(state: TrainingState, settings: TrainSettings, photos: to
     generator = recalibrated_generator(state, seed=settings.seed, images=settings.calibration_images)
     encoder = copy.deepcopy(state.encoder).to("cpu", memory_format=torch.contiguous_format).eval()
     training = {"steps": state.step, "encoder_steps": state.encoder_step, "batch_size": settings.batch_size,
-                "seed": settings.seed, "train_seconds": round(state.elapsed_seconds, 1),
-                "photos": int(photos.shape[0]), "data": Path(settings.data).name, "device": str(state.device)}
+                "seed": settings.seed, "photos": int(photos.shape[0]), "data": Path(settings.data).name,
+                "device": str(state.device), "finished": finished}
     weights_path = folder / WEIGHTS_NAME
     save_weights(generator, encoder, training, weights_path)
 
@@ -464,6 +542,30 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def _stop_after_the_step():
+    """While training runs: the first Ctrl-C (SIGINT) asks the loop to stop after its current step,
+    so the checkpoint it saves is exact; a second one stops at once.  Only in the main thread, and
+    only when SIGINT has Python's default handler (nobody else has claimed it)."""
+    asked = {"stop": False}
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield asked
+        return
+
+    def ask(signum, frame) -> None:
+        if asked["stop"]:
+            raise KeyboardInterrupt
+        asked["stop"] = True
+        sys.stderr.write("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again: stop at once)\n")
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(settings: TrainSettings, resume: Path | None = None,
           progress: Callable[[int, int, str, dict], None] | None = None,
           photos: tuple[torch.Tensor, list[Path], list[dict]] | None = None,
@@ -472,60 +574,85 @@ def train(settings: TrainSettings, resume: Path | None = None,
 
     `photos` (tensor, files, skipped) skips reading `settings.data` (a caller that already decoded it).
     `command`, the command line that started this run, goes into the settings file.
+
+    Before anything is written: the output folders must be creatable, an `out` that holds a
+    checkpoint needs `resume`, and a `resume` checkpoint must be readable and of the same settings
+    (`read_checkpoint`).  Ctrl-C raises `TrainingInterrupted` after saving a checkpoint.
     """
     clock = _Clock(settings)
+    out = Path(settings.out)
+    check_output_folder(out, "--out")
+    check_output_folder(settings.export_to, "--export-to")
+    checkpoint_path = out / CHECKPOINT_NAME
+    if resume is None and checkpoint_path.exists():
+        raise ValueError(f"{out} already holds a checkpoint of an earlier run ({checkpoint_path}): continue it "
+                         f"with --resume {checkpoint_path}, or give another --out (nothing was overwritten)")
+    payload = read_checkpoint(resume, settings) if resume else None
     torch.manual_seed(settings.seed)
     device = torch.device(settings.device)
     if photos is None:
         photos = load_training_photos(settings.data, settings.config.resolution)
     images, files, skipped = photos
     images = images.to(device)
-    out = Path(settings.out)
+    state = _resumed_state(payload, settings, Path(resume)) if payload is not None else TrainingState(settings)
+    del payload
     out.mkdir(parents=True, exist_ok=True)
     _write_json({**settings.record(), "photos": int(images.shape[0]), "torch": torch.__version__,
                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  "resume": str(resume) if resume else None, "command": command}, out / SETTINGS_NAME)
-    state = load_checkpoint(resume, settings) if resume else TrainingState(settings)
-    checkpoint_path = out / CHECKPOINT_NAME
     log = open(out / LOG_NAME, "a")
+    inside_step = False
     try:
-        for phase, total, step_fn, counter in (("gan", settings.steps, gan_step, "step"),
-                                               ("encoder", settings.encoder_steps, encoder_step, "encoder_step")):
-            if phase == "gan":
-                state.generator.train()
-            _synchronise(device)
-            window_start, window_steps = time.perf_counter(), 0
-            # the clock is read once per step, so the step that runs out of time is the one logged last
-            out_of_time = clock.out_of_time(phase)
-            while getattr(state, counter) < total and not out_of_time:
-                started = time.perf_counter()
-                losses = step_fn(state, images, settings)
-                done = getattr(state, counter)
-                window_steps += 1
+        with _stop_after_the_step() as asked:
+            for phase, total, step_fn, counter in (("gan", settings.steps, gan_step, "step"),
+                                                   ("encoder", settings.encoder_steps, encoder_step,
+                                                    "encoder_step")):
+                if phase == "gan":
+                    state.generator.train()
+                _synchronise(device)
+                window_start, window_steps = time.perf_counter(), 0
+                # the clock is read once per step, so the step that runs out of time is the one logged last
                 out_of_time = clock.out_of_time(phase)
-                last = done == total or out_of_time
-                logging = done % settings.log_every == 0 or last
-                if logging or progress is not None:
-                    losses = {k: float(v) for k, v in losses.items()}  # waits for the device
-                state.elapsed_seconds += time.perf_counter() - started
-                if progress is not None:
-                    progress(done, total, phase, losses)
-                if logging:
-                    _synchronise(device)
-                    now = time.perf_counter()
-                    rate = window_steps / max(now - window_start, 1e-9)
-                    log.write(json.dumps({"phase": phase, "step": done, "seconds": round(state.elapsed_seconds, 1),
-                                          "wall_seconds": round(time.monotonic() - clock.start, 1),
-                                          "steps_per_second": round(rate, 3),
-                                          "images_per_second": round(rate * settings.batch_size, 1),
-                                          **{k: round(v, 4) for k, v in losses.items()}}) + "\n")
-                    log.flush()
-                    window_start, window_steps = now, 0
-                if done % settings.checkpoint_every == 0 or last:
-                    save_checkpoint(state, settings, checkpoint_path)
-                if phase == "gan" and settings.export_every and done % settings.export_every == 0 and not last:
-                    export_house_model(state, settings, images, files, skipped)
-        save_checkpoint(state, settings, checkpoint_path)
-        return export_house_model(state, settings, images, files, skipped)
+                while getattr(state, counter) < total and not out_of_time:
+                    started = time.perf_counter()
+                    inside_step = True
+                    losses = step_fn(state, images, settings)
+                    inside_step = False
+                    done = getattr(state, counter)
+                    window_steps += 1
+                    out_of_time = clock.out_of_time(phase)
+                    last = done == total or out_of_time
+                    logging = done % settings.log_every == 0 or last
+                    if logging or progress is not None:
+                        losses = {k: float(v) for k, v in losses.items()}  # waits for the device
+                    state.elapsed_seconds += time.perf_counter() - started
+                    if progress is not None:
+                        progress(done, total, phase, losses)
+                    if logging:
+                        _synchronise(device)
+                        now = time.perf_counter()
+                        rate = window_steps / max(now - window_start, 1e-9)
+                        log.write(json.dumps({"phase": phase, "step": done,
+                                              "seconds": round(state.elapsed_seconds, 1),
+                                              "wall_seconds": round(time.monotonic() - clock.start, 1),
+                                              "steps_per_second": round(rate, 3),
+                                              "images_per_second": round(rate * settings.batch_size, 1),
+                                              **{k: round(v, 4) for k, v in losses.items()}}) + "\n")
+                        log.flush()
+                        window_start, window_steps = now, 0
+                    if done % settings.checkpoint_every == 0 or last:
+                        save_checkpoint(state, settings, checkpoint_path)
+                    if phase == "gan" and settings.export_every and done % settings.export_every == 0 and not last:
+                        export_house_model(state, settings, images, files, skipped, finished=False)
+                    if asked["stop"]:
+                        raise KeyboardInterrupt
+            save_checkpoint(state, settings, checkpoint_path)
+            return export_house_model(state, settings, images, files, skipped, finished=True)
+    except KeyboardInterrupt as error:
+        # between steps the state is whole: save it; inside a step (a second Ctrl-C) it may not be
+        if not inside_step:
+            save_checkpoint(state, settings, checkpoint_path)
+        kept = checkpoint_path if checkpoint_path.exists() else None
+        raise TrainingInterrupted(kept, not inside_step, state.step, state.encoder_step) from error
     finally:
         log.close()
