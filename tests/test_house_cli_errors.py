@@ -24,7 +24,7 @@ from generator.house.ship import main as ship_house_gan
 from generator.house.ship import record_markdown, training_record
 from generator.house.training import TrainSettings, load_checkpoint, train
 from generator.registry import build_generator
-from tests.test_house_v2 import _smooth_photo
+from tests.test_house_v2 import photo_folder, tiny_pack  # noqa: F401 (fixtures)
 
 TINY = HouseLayeredConfig(latent_dim=12, background_dim=4, resolution=16, width=4, background_side=8, harmonics=3)
 # the shipped architecture at 16 px through the command line (its default z of 128)
@@ -32,27 +32,6 @@ TINY_CLI = ["--resolution", "16", "--batch-size", "4", "--width", "4", "--discri
             "--calibration-images", "8", "--device", "cpu", "--threads", "1"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def photo_folder(tmp_path) -> Path:
-    """Six photos, a grey one and a broken file, in a folder named like a data set's (set/images)."""
-    from PIL import Image
-
-    folder = tmp_path / "set" / "images"
-    folder.mkdir(parents=True)
-    for i in range(6):
-        Image.fromarray(_smooth_photo(40 + 3 * i, 52 - 2 * i, i)).save(folder / f"p{i}.png")
-    Image.fromarray(_smooth_photo(30, 30, 9)[:, :, 0]).save(folder / "grey.jpg")
-    (folder / "broken.jpg").write_bytes(b"not an image")
-    return folder
-
-
-@pytest.fixture
-def tiny_pack(tmp_path, photo_folder) -> Path:
-    path = tmp_path / "pack.pt"
-    pack_photos([photo_folder], path, side=128, quality=90)
-    return path
 
 
 def _settings(folder: Path, data: Path, **overrides) -> TrainSettings:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -19,17 +18,9 @@ from evaluation.datasets import Pair
 from evaluation.inference import MAX_SIDE_RATIO, ElongatedImageError, input_shape, plan_batches
 from generator.image_io import PHOTO_SUFFIXES, UnreadableImageError
 from generator.runs import OutputLock
-from tests.test_segment_images import PHOTOS, make_photos, run, save_model
+from tests.test_segment_images import PHOTOS, keep_torch_threads, make_photos, run, save_model  # noqa: F401
 
 RECORD = segment.SETTINGS_NAME
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """--threads sets torch's process-wide thread count: give the rest of the suite its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
