@@ -148,22 +148,27 @@ def test_a_rerun_skips_finished_outputs_and_overwrite_redoes_them(photos, model,
     assert mask_of(output, "a.jpg").shape == PHOTOS["a.jpg"]
 
 
-def test_an_interrupted_run_leaves_whole_files_only_and_resumes(photos, model, tmp_path, monkeypatch):
-    output = tmp_path / "masks"
-    real_replace, calls = os.replace, []
+def run_crashing_on_the_third_mask(monkeypatch, *args):
+    """The command, one photo a batch, with the third mask dying between its write and its rename."""
+    real_replace, renamed = os.replace, []
 
-    def crash_on_third(source, target):        # the third mask dies between its write and its rename
+    def crash_on_third(source, target):
         if str(target).endswith(".png"):
-            calls.append(target)
-            if len(calls) == 3:
+            renamed.append(target)
+            if len(renamed) == 3:
                 raise RuntimeError("simulated crash")
         return real_replace(source, target)
 
-    monkeypatch.setattr(os, "replace", crash_on_third)
-    result = CliRunner().invoke(segment.main, [str(photos), str(output), "--model", str(model), "--quiet",
-                                               "--batch-size", "1"])
-    monkeypatch.setattr(os, "replace", real_replace)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", crash_on_third)
+        result = CliRunner().invoke(segment.main, [*map(str, args), "--batch-size", "1", "--quiet"])
     assert isinstance(result.exception, RuntimeError)
+    return result
+
+
+def test_an_interrupted_run_leaves_whole_files_only_and_resumes(photos, model, tmp_path, monkeypatch):
+    output = tmp_path / "masks"
+    run_crashing_on_the_third_mask(monkeypatch, photos, output, "--model", model)
     files = [p for p in output.rglob("*") if p.is_file() and p.name != segment.SETTINGS_NAME]
     assert len(files) == 2                                      # no temporary file, no partial PNG
     for path in files:

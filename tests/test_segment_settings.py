@@ -5,7 +5,6 @@ model's input, and the one list of photo suffixes."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ from evaluation.datasets import Pair
 from evaluation.inference import MAX_SIDE_RATIO, ElongatedImageError, input_shape, plan_batches
 from generator.image_io import PHOTO_SUFFIXES, UnreadableImageError
 from generator.runs import OutputLock
-from tests.test_segment_images import PHOTOS, keep_torch_threads, make_photos, run, save_model  # noqa: F401
+from tests.test_segment_images import (PHOTOS, keep_torch_threads, make_photos, run,  # noqa: F401
+                                       run_crashing_on_the_third_mask, save_model)
 
 RECORD = segment.SETTINGS_NAME
 
@@ -90,20 +90,7 @@ def test_an_interrupted_overwrite_leaves_no_old_output_to_pass_as_done(photos, m
     m1, m2 = models
     output = tmp_path / "masks"
     run(photos, output, "--model", m1)
-    real_replace, masks_renamed = os.replace, []
-
-    def crash_on_third_mask(source, target):
-        if str(target).endswith(".png"):
-            masks_renamed.append(target)
-            if len(masks_renamed) == 3:
-                raise RuntimeError("simulated crash")
-        return real_replace(source, target)
-
-    monkeypatch.setattr(os, "replace", crash_on_third_mask)
-    result = CliRunner().invoke(segment.main, [str(photos), str(output), "--model", str(m2), "--overwrite",
-                                               "--batch-size", "1", "--quiet"])
-    monkeypatch.setattr(os, "replace", real_replace)
-    assert isinstance(result.exception, RuntimeError)
+    run_crashing_on_the_third_mask(monkeypatch, photos, output, "--model", m2, "--overwrite")
     assert json.loads((output / RECORD).read_text()) == segment.settings_record(
         segment.load_predictor(m2, "cpu"), None, False, False)        # written before any output
     result = run(photos, output, "--model", m2)
