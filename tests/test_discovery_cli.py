@@ -159,6 +159,7 @@ def test_both_methods_pool_their_candidates_and_the_choice_names_its_method(tmp_
     ({"scoring": {"foreground_min": 0.6}}, [], "foreground_min < foreground_max"),
     ({"device": "nonsense"}, [], "discover.device"),
     ({}, ["--index", "1"], "give --index and --sign together"),
+    ({"method": "single-direction"}, ["--directions", "7"], "--directions sets latent discovery's K"),
 ])
 def test_bad_settings_are_clear_errors(tmp_path, changes, args, message):
     result = CliRunner().invoke(main, ["--params", str(write_params(tmp_path, **changes)),

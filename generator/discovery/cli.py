@@ -110,6 +110,9 @@ def apply_options(config: DiscoverConfig, *, method, steps, directions, seed, ma
         section = "latent_discovery" if config.method == "latent-discovery" else "single_direction"
         config = config.with_changes(**{f"{section}.steps": steps})
     if directions is not None:
+        if config.method == "single-direction":
+            raise ConfigError("--directions sets latent discovery's K, and the method is single-direction, which "
+                              "learns one direction")
         config = config.with_changes(**{"latent_discovery.directions": directions})
     if automatic:
         config = config.with_changes(override=None)
