@@ -166,7 +166,10 @@ def adopt_settings(output: Path, record: dict, jobs: Sequence[Job], overwrite: b
     with other settings); with it, this run's existing outputs are deleted first, so that an
     interrupted --overwrite cannot leave old ones to pass as done under the new record."""
     saved = read_settings(output)
-    existing = [path for job in jobs for path in job.outputs if path.is_file()]
+    # an overlay counts whether this run asks for one or not: --overwrite without --overlay must not
+    # leave the overlays of other settings beside the new masks
+    possible = (path for job in jobs for path in (job.mask, job.overlay or _overlay_of(output, job)))
+    existing = [path for path in dict.fromkeys(possible) if path is not None and path.is_file()]
     if saved is None and not existing:
         atomic_write_json(output / SETTINGS_NAME, record)
         return
@@ -179,6 +182,14 @@ def adopt_settings(output: Path, record: dict, jobs: Sequence[Job], overwrite: b
     for path in existing:
         path.unlink()
     atomic_write_json(output / SETTINGS_NAME, record)
+
+
+def _overlay_of(output: Path, job: Job) -> Path | None:
+    """Where the job's overlay goes when overlays are asked for; None where it could not be written."""
+    try:
+        return output_path(output, job.photo.relative, OVERLAY_SUFFIX)
+    except UnsafeOutputError:
+        return None
 
 
 def remove_leftovers(output: Path, photos: Sequence[Photo]) -> int:

@@ -65,6 +65,14 @@ def test_a_rerun_with_other_settings_is_refused_after_an_interruption(options, d
     assert not (output / "a.png").exists()
 
 
+def test_overwrite_without_overlay_removes_the_overlays_of_other_settings(photos, models, tmp_path):
+    output = tmp_path / "masks"
+    run(photos, output, "--model", models[0], "--overlay")
+    assert len(list(output.rglob("*.overlay.png"))) == len(PHOTOS)
+    run(photos, output, "--model", models[0], "--overwrite")
+    assert not list(output.rglob("*.overlay.png")) and len(list(output.rglob("*.png"))) == len(PHOTOS)
+
+
 def test_how_it_runs_is_not_part_of_the_record(photos, models, tmp_path):
     output = tmp_path / "masks"
     run(photos, output, "--model", models[0], "--batch-size", "1")
