@@ -164,3 +164,17 @@ def test_a_bank_encoded_by_another_generator_is_refused(tmp_path):
     with pytest.raises(LatentBankError, match="encoded by other@0123456789abcdef, not by testing@"):
         load_latent_bank(tmp_path / "latents.npy", 16, "testing@fedcba9876543210")
     assert load_latent_bank(tmp_path / "latents.npy", 16, "other@0123456789abcdef").shape == (3, 16)
+
+
+@pytest.mark.parametrize("index, message", [
+    ({"format_version": 1, "generator": "testing@fedcba9876543210", "count": 5}, "counts 5 rows, .* holds 3"),
+    ({"generator": "testing@fedcba9876543210", "count": 3}, "unsupported bank index"),
+    ([1, 2], "unsupported bank index"),
+])
+def test_a_bank_index_is_checked_as_the_embed_stage_checks_it(tmp_path, index, message):
+    from generator.synth.samplers import LatentBankError, load_latent_bank
+    np.save(tmp_path / "latents.npy", np.zeros((3, 16), np.float32))
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    for identity in ("testing@fedcba9876543210", None):
+        with pytest.raises(LatentBankError, match=message):
+            load_latent_bank(tmp_path / "latents.npy", 16, identity)

@@ -95,6 +95,20 @@ def index_path_for(bank_path: Path) -> Path:
     return same_stem if same_stem.is_file() else bank_path.with_name(INDEX_FILE)
 
 
+def read_bank_index(index_path: Path, bank_path: Path, rows: int) -> dict[str, Any]:
+    """The index beside a bank of `rows` latents; BankError when it is not one, or counts other rows."""
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as error:
+        raise BankError(f"{index_path} is not a bank index: {error}") from error
+    version = index.get("format_version") if isinstance(index, dict) else None
+    if version != FORMAT_VERSION:
+        raise BankError(f"{index_path}: unsupported bank index (format_version {version!r})")
+    if index.get("count") != rows:
+        raise BankError(f"{index_path} counts {index.get('count')} rows, {bank_path} holds {rows}")
+    return index
+
+
 def read_bank(path: str | Path, latent_dim: int | None = None, generator_identity: str | None = None,
               require_index: bool = True) -> LatentBank:
     """Read a bank from its folder or its `.npy` (index: `<stem>.json` beside it, else `index.json`).
@@ -115,15 +129,7 @@ def read_bank(path: str | Path, latent_dim: int | None = None, generator_identit
         raise BankError(f"{bank_path} holds latents of size {latents.shape[1]}, the generator's are {latent_dim}")
     index_path = index_path_for(bank_path)
     if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text())
-        except (OSError, ValueError) as error:
-            raise BankError(f"{index_path} is not a bank index: {error}") from error
-        version = index.get("format_version") if isinstance(index, dict) else None
-        if version != FORMAT_VERSION:
-            raise BankError(f"{index_path}: unsupported bank index (format_version {version!r})")
-        if index.get("count") != latents.shape[0]:
-            raise BankError(f"{index_path} counts {index.get('count')} rows, {bank_path} holds {latents.shape[0]}")
+        index = read_bank_index(index_path, bank_path, latents.shape[0])
     elif require_index:
         raise BankError(f"{bank_path} has no index ({index_path}); the bank is incomplete")
     else:

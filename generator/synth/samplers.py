@@ -12,14 +12,13 @@ stream keyed on (seed, k) and started at counter j, so its latent is a pure func
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from generator.embed.bank import index_path_for
+from generator.embed.bank import BankError, index_path_for, read_bank_index
 
 
 class LatentBankError(ValueError):
@@ -41,15 +40,17 @@ def candidate_key(seed: int, shard: int) -> np.ndarray:
     return np.random.SeedSequence(int(seed), spawn_key=(int(shard),)).generate_state(2, np.uint64)
 
 
-def _check_bank_generator(path: Path, generator_identity: str) -> None:
+def _check_bank_index(path: Path, rows: int, generator_identity: str | None) -> None:
+    """The embed stage's checks of the index beside the bank (a bare .npy from elsewhere has none:
+    only its shape can be checked), and its generator against `generator_identity`."""
     index_path = index_path_for(path)
     if not index_path.is_file():
-        return  # a bare .npy from elsewhere: only its shape can be checked
+        return
     try:
-        recorded = json.loads(index_path.read_text()).get("generator")
-    except (OSError, ValueError, AttributeError) as error:
-        raise LatentBankError(f"{index_path} is not a bank index: {error}") from error
-    if recorded is not None and recorded != generator_identity:
+        recorded = read_bank_index(index_path, path, rows).get("generator")
+    except BankError as error:
+        raise LatentBankError(str(error)) from error
+    if generator_identity is not None and recorded is not None and recorded != generator_identity:
         raise LatentBankError(f"latent bank {path} was encoded by {recorded}, not by {generator_identity}; "
                               f"run the embed stage for this generator (dvc repro embed)")
 
@@ -103,8 +104,6 @@ def load_latent_bank(path: str | Path, latent_dim: int, generator_identity: str 
     path = Path(path)
     if not path.is_file():
         raise LatentBankError(f"latent bank {path} not found (run the embed stage: dvc repro embed)")
-    if generator_identity is not None:
-        _check_bank_generator(path, generator_identity)
     try:
         bank = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:   # EOFError: an empty or cut file
@@ -112,6 +111,7 @@ def load_latent_bank(path: str | Path, latent_dim: int, generator_identity: str 
     if bank.ndim != 2 or not np.issubdtype(bank.dtype, np.floating):
         raise LatentBankError(f"{path} must hold a 2-D float array N x {latent_dim}, got "
                               f"{bank.dtype} with shape {bank.shape}")
+    _check_bank_index(path, bank.shape[0], generator_identity)
     if bank.shape[0] == 0:
         raise LatentBankError(f"latent bank {path} is empty (0 latents)")
     if bank.shape[1] != latent_dim:
