@@ -27,6 +27,18 @@ _UMASK = _read_umask()
 TEMPORARY_SUFFIX = ".tmp"
 
 
+def blocking_file(path: str | Path, itself: bool = True) -> Path | None:
+    """The file (not a folder) standing where `path` (with `itself`) or one of the folders above it
+    should be, if any: nothing can be written there.  Checked before long work, not after it."""
+    path = Path(path)
+    for folder in ((path,) if itself else ()) + tuple(path.parents):
+        if folder.is_dir():
+            return None
+        if folder.exists() or folder.is_symlink():
+            return folder
+    return None
+
+
 def temporary_beside(path: str | Path) -> Path:
     """A new, empty file with a unique hidden name beside `path` (same folder: the rename is atomic)."""
     path = Path(path)

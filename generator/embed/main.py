@@ -11,6 +11,7 @@ import torch
 
 from generator.embed.bank import BANK_FILE, INDEX_FILE, BankError, LatentBank, copy_bundled_bank, write_bank
 from generator.embed.images import IMAGE_SUFFIXES, encode_images
+from generator.files import blocking_file
 from generator.interface import Generator, GeneratorSpecError
 from generator.params import load_params
 from generator.registry import build_generator
@@ -122,9 +123,9 @@ def main(params_path: str, images: str | None, bundled: bool, out: str | None, b
     if bundled:
         settings = replace(settings, images=None)
     # refused before the encoding, not after it; nothing is made until the bank is written
-    existing = next(path for path in (Path(settings.output), *Path(settings.output).parents) if path.exists())
-    if not existing.is_dir():
-        raise click.ClickException(f"cannot make the output folder {settings.output}: {existing} is a file")
+    blocking = blocking_file(settings.output)
+    if blocking is not None:
+        raise click.ClickException(f"cannot make the output folder {settings.output}: {blocking} is a file")
     try:
         generator = build_generator(params["generator"])
     except GeneratorSpecError as error:

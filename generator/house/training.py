@@ -49,6 +49,7 @@ from generator.house.augment import diff_augment
 from generator.house.model_layered import coverage_penalty, diversity_penalty
 from generator.house.model_v2 import update_spectral_norms
 from generator.house.model import HouseConfig
+from generator.files import blocking_file
 from generator.house.photos import as_unit_range, load_training_photos, photo_name
 from generator.runs import UnreadableTorchFile, load_on_cpu, may_resume
 
@@ -255,12 +256,9 @@ def load_checkpoint(path: Path, settings: TrainSettings) -> TrainingState:
 def check_output_folder(path: Path, what: str, itself: bool = True) -> None:
     """Refuse, before any work, an output that cannot be written: a file at the folder's place or
     above it.  `itself` False checks only the folders above `path` (the output is a file)."""
-    path = Path(path)
-    for folder in ((path,) if itself else ()) + tuple(path.parents):
-        if folder.is_dir():
-            return
-        if folder.exists() or folder.is_symlink():
-            raise ValueError(f"{what} {path} cannot be written: {folder} is a file, not a folder")
+    blocking = blocking_file(path, itself)
+    if blocking is not None:
+        raise ValueError(f"{what} {path} cannot be written: {blocking} is a file, not a folder")
 
 
 def _real_batch(photos: torch.Tensor, size: int, rng: torch.Generator) -> torch.Tensor:

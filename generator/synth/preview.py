@@ -17,7 +17,7 @@ import click
 import numpy as np
 from PIL import Image
 
-from generator.files import atomic_write_bytes
+from generator.files import atomic_write_bytes, blocking_file
 from generator.synth.store import StoreError, open_output
 from generator.synth.verify import PICTURE_ERRORS, MemberError, decode_picture, default_folder, read_samples
 
@@ -112,7 +112,7 @@ def check_out_path(out: Path) -> None:
     stands where one of its folders should be."""
     if out.suffix.lower() != ".png":
         raise click.ClickException(f"--out {out}: the contact sheet is a PNG, name it NAME.png")
-    blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    blocking = blocking_file(out, itself=False)
     if blocking is not None:
         raise click.ClickException(f"--out {out}: cannot write there, {blocking} is a file, not a folder")
 
