@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from generator.runs import LOCK_NAME, FolderLocked
 from generator.synth.store import LeaseLock, LocalFolder, StoreError, UrlFolder, open_output
+from generator.synth.preview import main as synth_preview
 from generator.synth.verify import main as synth_verify
 from generator.synth.verify import verify_folder
 from tests.test_synth_gen import project, run, shard_bytes, write_params  # noqa: F401 (fixture)
@@ -171,4 +172,7 @@ def test_an_object_store_that_refuses_the_run_is_a_clear_error(project, monkeypa
     assert "cannot write to output s3://sets/synth: NoCredentialsError" in failed.output
     verified = CliRunner().invoke(synth_verify, ["s3://sets/synth"])
     assert verified.exit_code == 1 and "manifest.json cannot be read: cannot read s3://sets/synth/manifest.json: NoCredentialsError" in verified.output
-    assert "Traceback" not in failed.output + verified.output
+    previewed = CliRunner().invoke(synth_preview, ["s3://sets/synth", "--out", str(project / "sheet.png")])
+    assert previewed.exit_code == 1 and "s3://sets/synth cannot be listed" in previewed.output
+    assert "NoCredentialsError" in previewed.output
+    assert "Traceback" not in failed.output + verified.output + previewed.output

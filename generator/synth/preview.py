@@ -56,7 +56,7 @@ def first_samples(folder, count: int) -> tuple[list[tuple[str, np.ndarray, np.nd
     found, warnings = [], []
     try:
         listing = store.listing()
-    except OSError as error:
+    except (OSError, StoreError) as error:   # StoreError: an object store's own refusal
         return [], [f"{store.location} cannot be listed ({error})"]
     for name, size in sorted(listing.items()):
         if not name.endswith(".tar"):
@@ -66,7 +66,7 @@ def first_samples(folder, count: int) -> tuple[list[tuple[str, np.ndarray, np.nd
             continue
         try:
             data = store.read_bytes(name)
-        except OSError as error:
+        except (OSError, StoreError) as error:
             warnings.append(f"{name}: skipped, cannot be read ({error})")
             continue
         samples, problems = read_samples(name, io.BytesIO(data))

@@ -212,7 +212,7 @@ def verify_folder(folder: str | Path, decode: bool = True, progress: bool = Fals
     listed = {row["name"] for row in rows}
     try:
         listing = folder.listing()
-    except OSError as error:
+    except (OSError, StoreError) as error:   # StoreError: an object store's own refusal
         report.problems.append(f"{folder.location} cannot be listed: {error}")
         return report
     for extra in sorted(name for name, size in listing.items()
@@ -227,7 +227,7 @@ def verify_folder(folder: str | Path, decode: bool = True, progress: bool = Fals
         # One read of the shard serves the checksum and the samples (it may come over a network).
         try:
             data = folder.read_bytes(row["name"])
-        except OSError as error:
+        except (OSError, StoreError) as error:
             report.problems.append(f"{row['name']} cannot be read: {error}")
             continue
         if size != row["bytes"]:
