@@ -112,7 +112,8 @@ def phase_figures(log_path: Path, batch_size: int) -> dict:
     figures: dict[str, dict] = {}
     if not log_path.is_file():
         return figures
-    entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    from generator.house.training import read_training_log      # after the wheels are set up, as main's imports
+    entries = read_training_log(log_path)
     for phase in ("gan", "encoder"):
         rows = [e for e in entries if e["phase"] == phase]
         if not rows:

@@ -38,7 +38,7 @@ from generator.embed.images import encode_images
 from generator.files import atomic_write_bytes, atomic_write_json
 from generator.house import PACKAGE_DIR
 from generator.house.training import (BANK_NAME, RECONSTRUCTIONS_NAME, SAMPLES_NAME, WEIGHTS_NAME,
-                                      check_output_folder)
+                                      LOG_NAME, check_output_folder, read_training_log)
 from generator.interface import GeneratorSpecError
 
 RECORD_NAME = "TRAINING_RECORD.json"
@@ -68,21 +68,11 @@ def _read_object(path: Path) -> dict[str, Any]:
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The training log's entries; ShipError naming the file and line of a bad one."""
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, ValueError) as error:
+        return read_training_log(path)
+    except OSError as error:
         raise ShipError(f"{path} cannot be read: {error}") from error
-    entries = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError as error:
-            raise ShipError(f"{path} line {number} is not JSON ({error}): {line[:80]!r}") from error
-        if not isinstance(entry, dict):
-            raise ShipError(f"{path} line {number} is not a JSON object: {line[:80]!r}")
-        entries.append(entry)
-    return entries
+    except ValueError as error:          # its message names the file and the line
+        raise ShipError(str(error)) from error
 
 
 def training_record(run: Path, house: HouseGenerator) -> dict[str, Any]:
@@ -91,7 +81,7 @@ def training_record(run: Path, house: HouseGenerator) -> dict[str, Any]:
     time is the log's last `seconds` (weights written before that moved there hold their own).
     ShipError naming any file that cannot be read."""
     settings = _read_object(run / "settings.json")
-    log = read_log(run / "train_log.jsonl")
+    log = read_log(run / LOG_NAME)
     last = {entry.get("phase"): entry for entry in log}
     timing = _read_object(run / "timing.json") if (run / "timing.json").is_file() else None
     environment = (timing or {}).get("environment")

@@ -253,6 +253,27 @@ def load_checkpoint(path: Path, settings: TrainSettings) -> TrainingState:
     return _resumed_state(read_checkpoint(path, settings), settings, Path(path))
 
 
+def read_training_log(path: Path) -> list[dict]:
+    """The entries of a run's training log (LOG_NAME, one JSON object a line); ValueError naming
+    the file and the line of a bad one."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not text: {error}") from error
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"{path} line {number} is not JSON ({error}): {line[:80]!r}") from error
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path} line {number} is not a JSON object: {line[:80]!r}")
+        entries.append(entry)
+    return entries
+
+
 def check_output_folder(path: Path, what: str, itself: bool = True) -> None:
     """Refuse, before any work, an output that cannot be written: a file at the folder's place or
     above it.  `itself` False checks only the folders above `path` (the output is a file)."""
