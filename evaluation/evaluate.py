@@ -14,7 +14,7 @@ from evaluation.conventions import Convention, get_convention
 from evaluation.datasets import Benchmark, Pair, files_message
 from evaluation.inference import Prediction, predict_benchmark
 from evaluation.metrics import MetricSuite
-from evaluation.parallel import run_parts
+from generator.parallel import run_parts
 from evaluation.predictors import Predictor
 
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from evaluation import refinement
 from evaluation.inference import plan_shape_batches, predict_images, prefetched, protocol_size
-from evaluation.parallel import run_parts
+from generator.parallel import run_parts
 from trainer.model_folders import DEFAULT_MODEL_FOLDERS, default_model_folder
 from evaluation.photos import NoPhotosError, Photo, UnsafeOutputError, find_photos, output_path
 from evaluation.predictors import UNetPredictor

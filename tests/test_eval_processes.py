@@ -16,7 +16,7 @@ import pytest
 
 from evaluation.conventions import get_convention
 from evaluation.metrics import MetricSuite, default_metrics
-from evaluation.parallel import run_parts
+from generator.parallel import run_parts
 from tests.test_eval_command import project, run  # noqa: F401  (fixture)
 from tests.test_synth_gen import REPO
 from tests.test_synth_resume import survivors_of_killing_alone

@@ -18,6 +18,7 @@ from generator.direction import Direction, save_direction
 from generator.synth.main import main as gen_synth
 from generator.synth.preview import main as preview
 from generator.synth.verify import main as verify
+from generator.synth.verify import verify_folder
 from generator.synth.writer import ShardWriter, file_sha256
 
 RESOLUTION = 24
@@ -138,6 +139,33 @@ def test_verify_catches_counts_that_do_not_add_up_and_a_missing_manifest(copy):
     (copy / "manifest.json").unlink()
     result = damage_and_verify(copy)
     assert result.exit_code == 1 and "manifest.json not found" in result.output
+
+
+def test_processes_give_the_one_process_report_in_the_same_order(copy):
+    assert "--processes" in CliRunner().invoke(verify, ["--help"]).output
+    result = CliRunner().invoke(verify, [str(copy), "--processes", "2"])
+    assert result.exit_code == 0 and "3 shards, 25 samples" in result.output, result.output
+    data = bytearray((copy / "synth-000001.tar").read_bytes())
+    data[700] ^= 0x01
+    (copy / "synth-000001.tar").write_bytes(bytes(data))
+    (copy / "synth-000000.tar").write_bytes((copy / "synth-000000.tar").read_bytes()[:5000])
+    (copy / "synth-000002.tar").rename(copy / "synth-000009.tar")
+    alone = verify_folder(copy)
+    named = [problem.split(" ")[0].rstrip(":") for problem in alone.problems]
+    assert list(dict.fromkeys(named))[:4] == ["synth-000009.tar", "synth-000000.tar", "synth-000001.tar",
+                                             "synth-000002.tar"]
+    for processes in (2, 3, 8):                         # 8: more processes than shards
+        shared = verify_folder(copy, processes=processes)
+        assert (shared.problems, shared.shards, shared.samples) == (alone.problems, alone.shards, alone.samples)
+    over_url = verify_folder(copy.as_uri(), processes=2)
+    assert over_url.problems == alone.problems
+    result = CliRunner().invoke(verify, [str(copy), "--processes", "2"])
+    assert result.exit_code == 1 and "synth-000002.tar is missing" in result.output
+
+
+def test_verify_refuses_zero_processes(shard_set):
+    result = CliRunner().invoke(verify, [str(shard_set), "--processes", "0"])
+    assert result.exit_code == 2 and "--processes" in result.output
 
 
 def test_preview_writes_a_contact_sheet(shard_set, tmp_path):

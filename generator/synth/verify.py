@@ -30,11 +30,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from generator.parallel import run_parts
 from generator.params import load_params
 from generator.synth.card import check_card
 from generator.synth.manifest import ManifestError, read_manifest
 from generator.synth.settings import SynthSettings
-from generator.synth.store import StoreError, open_output
+from generator.synth.store import Store, StoreError, open_output
 
 KEY_PATTERN = re.compile(r"^(\d{6})_(\d{6})$")
 #: What Pillow raises on a bad file: OSError (UnidentifiedImageError, truncated data), ValueError,
@@ -194,9 +195,59 @@ def check_record(where: str, key: str, index: int, data: bytes, manifest: dict[s
     return problems
 
 
-def verify_folder(folder: str | Path, decode: bool = True, progress: bool = False) -> VerifyReport:
+def check_shard(folder: Store, row: dict[str, Any], size: int | None, manifest: dict[str, Any],
+                decode: bool) -> tuple[int, list[str]]:
+    """(samples read, problems) for one shard the manifest lists as `row`; `size` is the listing's
+    size for it, None when it is missing."""
+    if size is None:
+        return 0, [f"{row['name']} is missing"]
+    # One read of the shard serves the checksum and the samples (it may come over a network).
+    try:
+        data = folder.read_bytes(row["name"])
+    except (OSError, StoreError) as error:
+        return 0, [f"{row['name']} cannot be read: {error}"]
+    problems = []
+    if size != row["bytes"]:
+        problems.append(f"{row['name']} has {size} bytes, the manifest says {row['bytes']} (truncated or changed)")
+    elif hashlib.sha256(data).hexdigest() != row["sha256"]:
+        problems.append(f"{row['name']} does not match its sha256 in the manifest (changed or corrupt)")
+    samples, member_problems = read_samples(row["name"], io.BytesIO(data))
+    problems.extend(member_problems)
+    if len(samples) != row["samples"]:
+        problems.append(f"{row['name']} holds {len(samples)} samples, the manifest says {row['samples']}")
+    if row["candidates"] < row["samples"]:
+        problems.append(f"{row['name']}: fewer candidates ({row['candidates']}) than samples")
+    if decode:
+        for key, members in samples.items():
+            problems.extend(check_sample(row["name"], key, members, manifest, row["shard"]))
+    return len(samples), problems
+
+
+@dataclass
+class ShardChecks:
+    """What every part of a verification needs: the folder, the manifest and each listed shard's
+    row with its size in the listing (None: missing)."""
+    folder: Store
+    manifest: dict[str, Any]
+    shards: list[tuple[dict[str, Any], int | None]]
+    decode: bool
+
+
+def _check_part(checks: ShardChecks, part: int, parts: int, tick: Callable[[], None]
+                ) -> list[tuple[int, tuple[int, list[str]]]]:
+    """[(shard index, (samples read, problems))] for shards part, part + parts, ... (a worker's share)."""
+    found = []
+    for index in range(part, len(checks.shards), parts):
+        row, size = checks.shards[index]
+        found.append((index, check_shard(checks.folder, row, size, checks.manifest, checks.decode)))
+        tick()
+    return found
+
+
+def verify_folder(folder: str | Path, decode: bool = True, progress: bool = False,
+                  processes: int = 1) -> VerifyReport:
     """Check a shard folder (a path or an fsspec URL) against its manifest; the report lists every
-    problem found."""
+    problem found, in the manifest's order of shards however many processes share the work."""
     report = VerifyReport()
     try:
         folder = open_output(folder)
@@ -218,33 +269,19 @@ def verify_folder(folder: str | Path, decode: bool = True, progress: bool = Fals
     for extra in sorted(name for name, size in listing.items()
                         if name.endswith(".tar") and size is not None and name not in listed):
         report.problems.append(f"{extra} is not listed in the manifest")
-    for row in tqdm(rows, desc="synth-verify", unit="shard", disable=not progress):
+    checks = ShardChecks(folder, manifest, [(row, listing.get(row["name"])) for row in rows], decode)
+    processes = max(1, min(processes, len(rows)))
+    with tqdm(total=len(rows), desc="synth-verify", unit="shard", disable=not progress) as bar:
+        if processes == 1:
+            parts = [_check_part(checks, 0, 1, lambda: bar.update(1))]
+        else:
+            parts = run_parts(_check_part, checks, processes, bar, "synth-verify")
+    found = dict(item for part in parts for item in part)
+    for index in range(len(rows)):            # the shards' problems in the manifest's order
+        samples, problems = found[index]
         report.shards += 1
-        size = listing.get(row["name"])
-        if size is None:
-            report.problems.append(f"{row['name']} is missing")
-            continue
-        # One read of the shard serves the checksum and the samples (it may come over a network).
-        try:
-            data = folder.read_bytes(row["name"])
-        except (OSError, StoreError) as error:
-            report.problems.append(f"{row['name']} cannot be read: {error}")
-            continue
-        if size != row["bytes"]:
-            report.problems.append(f"{row['name']} has {size} bytes, the manifest says {row['bytes']} "
-                                   f"(truncated or changed)")
-        elif hashlib.sha256(data).hexdigest() != row["sha256"]:
-            report.problems.append(f"{row['name']} does not match its sha256 in the manifest (changed or corrupt)")
-        samples, problems = read_samples(row["name"], io.BytesIO(data))
+        report.samples += samples
         report.problems.extend(problems)
-        if len(samples) != row["samples"]:
-            report.problems.append(f"{row['name']} holds {len(samples)} samples, the manifest says {row['samples']}")
-        if row["candidates"] < row["samples"]:
-            report.problems.append(f"{row['name']}: fewer candidates ({row['candidates']}) than samples")
-        report.samples += len(samples)
-        if decode:
-            for key, members in samples.items():
-                report.problems.extend(check_sample(row["name"], key, members, manifest, row["shard"]))
     totals = manifest["totals"]
     expected = {"samples": sum(row["samples"] for row in rows),
                 "candidates": sum(row["candidates"] for row in rows)}
@@ -283,7 +320,10 @@ def default_folder(params_path: str) -> str:
               show_default=True, help="Parameters file whose synth.output is the default FOLDER.")
 @click.option("--no-decode", is_flag=True,
               help="Only check files, sizes, checksums and counts; do not decode every member.")
-def main(folder: str | None, params_path: str, no_decode: bool) -> None:
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes, each reading and decoding its share of the shards (up to the "
+                   "machine's cores: decoding is what takes the time). The report is the same.")
+def main(folder: str | None, params_path: str, no_decode: bool, processes: int) -> None:
     """Check the shard set in FOLDER (a path or an fsspec URL such as s3://bucket/set; default:
     synth.output of params.yaml) against its manifest.json.
 
@@ -291,7 +331,7 @@ def main(folder: str | None, params_path: str, no_decode: bool) -> None:
     that do not decode, counts that do not add up); prints one OK line otherwise.
     """
     folder = folder or default_folder(params_path)
-    report = verify_folder(folder, decode=not no_decode, progress=True)
+    report = verify_folder(folder, decode=not no_decode, progress=True, processes=processes)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if report.ok:

@@ -1,8 +1,9 @@
-"""Work dealt out to worker processes on the CPU: `evaluate-saliency --processes` and `segment-images --processes`.
+"""Work dealt out to worker processes on the CPU: `evaluate-saliency --processes`,
+`segment-images --processes` and `synth-verify --processes`.
 
-A command splits its work into parts that need nothing from each other (whole batches, dealt out
-`[part::parts]`), and `run_parts` runs `task(work, part, parts, tick)` for each part in its own
-process, forked from a fork server that has already imported the task's module (no re-import per
+A command splits its work into parts that need nothing from each other (whole batches or shards,
+dealt out `[part::parts]`), and `run_parts` runs `task(work, part, parts, tick)` for each part in
+its own process, forked from a fork server that has already imported the task's module (no re-import per
 worker, and nothing of the parent's threads or locks inherited).  Each worker calls `tick()` per
 item done, which feeds the parent's progress bar; it sends back what `task` returns.  The first
 worker error stops the run: the other workers are terminated and the error is raised in the
