@@ -169,8 +169,12 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path, small_generator):
 
 
 def test_checkpoint_is_atomic_and_refuses_pickled_objects(tmp_path):
-    save_checkpoint(tmp_path / "ck.pt", {"fingerprint": "f", "step": 1})
+    save_checkpoint(tmp_path / "ck.pt", {"fingerprint": "f", "step": 1, "modules": {}, "optimisers": {},
+                                         "history": {}})
     assert load_checkpoint(tmp_path / "ck.pt", "f")["step"] == 1
+    save_checkpoint(tmp_path / "old.pt", {"fingerprint": "f", "step": 1, "modules": {}, "optimisers": {}})
+    with pytest.raises(CheckpointMismatch, match="not a discovery checkpoint: it lacks history"):
+        load_checkpoint(tmp_path / "old.pt", "f")
     assert load_checkpoint(tmp_path / "missing.pt", "f") is None
     torch.save({"fingerprint": "f", "payload": CheckpointMismatch("x")}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointMismatch, match="not a readable checkpoint"):

@@ -21,6 +21,10 @@ from generator.files import atomic_write_bytes
 from generator.runs import load_on_cpu, record_digest
 
 
+#: What a resumed loop reads back from a checkpoint.
+CHECKPOINT_KEYS = ("fingerprint", "step", "modules", "optimisers", "history")
+
+
 class CheckpointMismatch(ValueError):
     """A checkpoint file written by a run with other settings or another generator."""
 
@@ -53,8 +57,11 @@ def load_checkpoint(path: str | Path, expected_fingerprint: str | None = None) -
         state = load_on_cpu(path)
     except Exception as error:  # a truncated or foreign file: say which and why
         raise CheckpointMismatch(f"{path} is not a readable checkpoint ({error})") from error
-    if not isinstance(state, dict) or "fingerprint" not in state:
+    if not isinstance(state, dict):
         raise CheckpointMismatch(f"{path} is not a discovery checkpoint")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise CheckpointMismatch(f"{path} is not a discovery checkpoint: it lacks {', '.join(missing)}")
     if expected_fingerprint is not None and state["fingerprint"] != expected_fingerprint:
         raise CheckpointMismatch(f"{path} was written by a run with other settings or another generator")
     return state
