@@ -269,6 +269,23 @@ def test_the_stream_is_reproducible_and_restarts_at_any_batch(shard_folder, work
     assert [next(stream)[2] for _ in range(12)] != [batch[2] for batch in full]
 
 
+def test_a_shard_cut_between_samples_is_refused_when_no_manifest_vouches_for_its_size(tmp_path):
+    paths = write_disc_shards(tmp_path / "shards", shards=2, per_shard=4, size=16, manifest=False)
+    assert len(resolve_shards(str(tmp_path / "shards"), manifest=False)) == 2
+    with tarfile.open(paths[1]) as tar:
+        members = tar.getmembers()
+    last_sample_start = next(member.offset for member in members if member.name.startswith("000001_000003"))
+    paths[1].write_bytes(paths[1].read_bytes()[:last_sample_start])      # 3 whole samples, no end marker
+    with tarfile.open(paths[1]) as tar:
+        assert len(tar.getmembers()) == 12                                # reads fine, just short
+    for source in (str(tmp_path / "shards"), str(tmp_path / "shards" / "synth-{000000..000001}.tar")):
+        with pytest.raises(ShardFormatError, match="synth-000001.tar does not end with a tar's end marker"):
+            resolve_shards(source, manifest=False)
+    (tmp_path / "not-a-tar.tar").write_bytes(b"\x01" * 100)
+    with pytest.raises(ShardFormatError, match="not a tar file"):
+        resolve_shards(str(tmp_path / "not-a-tar.tar"))
+
+
 def test_missing_and_empty_sources_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ShardFormatError, match="no .tar shards in folder"):

@@ -62,9 +62,12 @@ def resolve_shards(source: str | list[str], manifest: bool = True) -> list[str]:
     """The shard names of a source: a folder (the shards its manifest lists, by name), a pattern,
     URLs, or a list of them.  With `manifest` False a folder gives its `*.tar` instead."""
     names: list[str] = []
+    sized = set()                                  # local shards whose size a manifest vouched for
     for entry in [source] if isinstance(source, str) else list(source):
         if not _is_url(entry) and os.path.isdir(entry):
-            names.extend(_folder_shards(entry) if manifest else _folder_tars(entry))
+            listed = _folder_shards(entry) if manifest else _folder_tars(entry)
+            sized.update(listed if manifest else ())
+            names.extend(listed)
         else:
             names.extend(expand_urls(entry))
     missing = [name for name in names if not _is_url(name) and not os.path.isfile(name)]
@@ -76,7 +79,29 @@ def resolve_shards(source: str | list[str], manifest: bool = True) -> list[str]:
         raise ShardFormatError(f"no shards in {source!r}")
     if len(set(names)) != len(names):
         raise ShardFormatError(f"a shard is named twice in {source!r}")
+    for name in names:
+        if not _is_url(name) and name not in sized:
+            check_tar_end(name)
     return names
+
+
+#: A tar ends with two zero blocks of 512 bytes (its writer may pad further with zeros).
+TAR_END = 1024
+
+
+def check_tar_end(path: str) -> None:
+    """Refuse a local shard that does not end with a tar's end marker.  Cut exactly between two
+    members, a shard still reads (tarfile and webdataset take the cut for the end), just short of
+    samples; no manifest vouches for its size here, so its last bytes are what tell."""
+    size = os.path.getsize(path)
+    tail = b""
+    if size >= TAR_END and size % 512 == 0:
+        with open(path, "rb") as file:
+            file.seek(size - TAR_END)
+            tail = file.read(TAR_END)
+    if tail.count(0) != TAR_END:
+        raise ShardFormatError(f"{path} does not end with a tar's end marker: cut short (perhaps between two "
+                               f"samples, which would read as fewer samples), or not a tar file")
 
 
 def _folder_tars(folder: str) -> list[str]:
