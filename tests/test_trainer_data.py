@@ -287,6 +287,9 @@ def test_a_shard_cut_between_samples_is_refused_when_no_manifest_vouches_for_its
 
 
 def test_missing_and_empty_sources_are_clear_errors(tmp_path):
+    with pytest.raises(ShardFormatError, match=r"s3:// URLs are read through a pipe: command, e.g. "
+                                               r"'pipe:aws s3 cp s3://b/set/synth-\{000000..000001\}.tar -'"):
+        resolve_shards(["s3://b/set/synth-{000000..000001}.tar"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ShardFormatError, match="no .tar shards in folder"):
         resolve_shards(str(tmp_path / "empty"), manifest=False)

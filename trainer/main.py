@@ -27,7 +27,8 @@ _PAPER = ", ".join(f"{key} {value}" for key, value in PAPER_SCHEDULE.items())
 @click.option("--params", "params_path", type=click.Path(dir_okay=False), default="params.yaml", show_default=True,
               help="Parameters file; its `train` section holds the defaults of every option below.")
 @click.option("--shards", help="Shard folder, brace pattern (synth-{000000..000009}.tar), http(s):// or pipe: "
-                               "URL. Default: train.shards.")
+                               "URL (a bucket: 'pipe:aws s3 cp s3://bucket/set/synth-{000000..000099}.tar -'). "
+                               "Default: train.shards.")
 @click.option("--holdout-shards", type=click.IntRange(min=0),
               help="How many shards (the last by name) to hold out for validation; never trained on.")
 @click.option("--steps", type=click.IntRange(min=1), help="Optimiser steps in total (a resumed run counts on).")

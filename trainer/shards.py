@@ -40,6 +40,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 from trainer.decode import ShardFormatError, checked_members, decode_sample, training_pair
 
 _URL_PREFIXES = ("http://", "https://", "pipe:", "file:", "gs://", "s3://", "ais://", "hf://")
+#: URL schemes webdataset has no opener for, and the pipe: command that reads them instead.
+_PIPED_SCHEMES = {"s3://": "pipe:aws s3 cp {url} -"}
 MANIFEST_NAME = "manifest.json"
 
 
@@ -61,6 +63,11 @@ def _is_url(name: str) -> bool:
 def resolve_shards(source: str | list[str], manifest: bool = True) -> list[str]:
     """The shard names of a source: a folder (the shards its manifest lists, by name), a pattern,
     URLs, or a list of them.  With `manifest` False a folder gives its `*.tar` instead."""
+    for entry in [source] if isinstance(source, str) else list(source):
+        for scheme, command in _PIPED_SCHEMES.items():
+            if entry.startswith(scheme):
+                raise ShardFormatError(f"{entry}: {scheme} URLs are read through a pipe: command, e.g. "
+                                       f"'{command.format(url=entry)}' (a brace pattern works inside it)")
     names: list[str] = []
     sized = set()                                  # local shards whose size a manifest vouched for
     for entry in [source] if isinstance(source, str) else list(source):
