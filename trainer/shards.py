@@ -63,14 +63,13 @@ def _is_url(name: str) -> bool:
 def resolve_shards(source: str | list[str], manifest: bool = True) -> list[str]:
     """The shard names of a source: a folder (the shards its manifest lists, by name), a pattern,
     URLs, or a list of them.  With `manifest` False a folder gives its `*.tar` instead."""
+    names: list[str] = []
+    sized = set()                                  # local shards whose size a manifest vouched for
     for entry in [source] if isinstance(source, str) else list(source):
         for scheme, command in _PIPED_SCHEMES.items():
             if entry.startswith(scheme):
                 raise ShardFormatError(f"{entry}: {scheme} URLs are read through a pipe: command, e.g. "
                                        f"'{command.format(url=entry)}' (a brace pattern works inside it)")
-    names: list[str] = []
-    sized = set()                                  # local shards whose size a manifest vouched for
-    for entry in [source] if isinstance(source, str) else list(source):
         if not _is_url(entry) and os.path.isdir(entry):
             listed = _folder_shards(entry) if manifest else _folder_tars(entry)
             sized.update(listed if manifest else ())
